@@ -1,0 +1,33 @@
+"""infinite_descent: the Method of Infinite Descent for JAX.
+
+Fit an AION model by solving the optimality condition ``grad Phi(Theta + Delta) = 0``
+directly, through its exact resummation, with a stabilised Structured Newton-Raphson loop.
+
+Public names:
+
+- :class:`AION`: the model (an ``equinox.Module``).
+- :func:`resummed_residual`: ``F(delta) = grad Phi(model + delta)`` as a pure function.
+- :func:`solve`: the SNR solve, ``(model_star, info)``.
+- :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
+- :class:`SolveInfo`, :class:`SolveOnceState`, :class:`RESULTS`: what a solve reports.
+- :mod:`problems`: the paper's toy and certified reference problems.
+"""
+
+from . import problems
+from ._models import AION
+from ._solution import RESULTS, SolveInfo
+from ._solve import resummed_residual, solve
+from ._transform import SolveOnceState, solve_once
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AION",
+    "RESULTS",
+    "SolveInfo",
+    "SolveOnceState",
+    "problems",
+    "resummed_residual",
+    "solve",
+    "solve_once",
+]

@@ -1,0 +1,91 @@
+"""Checks of user input at the public boundary.
+
+Shapes and dtypes are checked at trace time, always. Values (NaN, Inf) are checked only when
+the arrays are concrete and addressable, i.e. outside ``jit``; inside ``jit`` the solver
+reports non-finite data through its result code instead.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._models._aion import AION
+
+
+def is_concrete(*arrays) -> bool:
+    """True when every array can be read on the host (not a tracer, fully addressable)."""
+    for a in arrays:
+        if isinstance(a, jax.core.Tracer):
+            return False
+        if isinstance(a, jax.Array) and not a.is_fully_addressable:
+            return False
+    return True
+
+
+def _as_real_array(value, name: str, caller: str):
+    if isinstance(value, jax.core.Tracer) or isinstance(value, jax.Array):
+        array = value
+    else:
+        array = np.asarray(value)
+    dtype = array.dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        kind = "complex" if jnp.issubdtype(dtype, jnp.complexfloating) else str(dtype)
+        raise TypeError(
+            f"{caller}: `{name}` must be a real floating-point array, got dtype {kind}. "
+            f"Convert it first, e.g. `{name}.astype(jnp.float64)`."
+        )
+    return array
+
+
+def check_model(model, caller: str) -> AION:
+    if not isinstance(model, AION):
+        raise TypeError(
+            f"{caller}: expected an `infinite_descent.AION` model, got {type(model).__name__}."
+        )
+    return model
+
+
+def check_data(model: AION, x, y, caller: str):
+    """Validate ``x`` of shape ``(N, dim)`` and ``y`` of shape ``(N,)``; cast to the model dtype.
+
+    Raises ``TypeError`` for non-real or non-floating data and ``ValueError`` for wrong shapes,
+    empty data, or (when concrete) NaN or Inf values.
+    """
+    check_model(model, caller)
+    x = _as_real_array(x, "x", caller)
+    y = _as_real_array(y, "y", caller)
+    if x.ndim != 2 or x.shape[1] != model.dim:
+        hint = " (for one-dimensional inputs use `x[:, None]`)" if x.ndim == 1 else ""
+        raise ValueError(
+            f"{caller}: `x` must have shape (N, {model.dim}) for a model with dim={model.dim}, "
+            f"got {tuple(x.shape)}{hint}."
+        )
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{caller}: `y` must have shape (N,) = ({x.shape[0]},) to match `x` of shape "
+            f"{tuple(x.shape)}, got {tuple(y.shape)}."
+        )
+    if x.shape[0] == 0:
+        raise ValueError(f"{caller}: the data are empty (N = 0); at least one point is needed.")
+    if is_concrete(x, y):
+        for name, a in (("x", x), ("y", y)):
+            a_np = np.asarray(a)
+            bad = ~np.isfinite(a_np)
+            if bad.any():
+                where = np.argwhere(bad)[0].tolist()
+                raise ValueError(
+                    f"{caller}: `{name}` contains {int(bad.sum())} non-finite value(s) "
+                    f"(NaN or Inf), first at index {where}; remove or impute them."
+                )
+    dtype = model.dtype
+    return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+
+
+def check_params_finite(model: AION, caller: str) -> None:
+    leaves = (model.A, model.alpha, model.omega, model.phi)
+    if is_concrete(*leaves):
+        for name, a in zip(("A", "alpha", "omega", "phi"), leaves):
+            if not np.all(np.isfinite(np.asarray(a))):
+                raise ValueError(f"{caller}: the model's `{name}` contains NaN or Inf.")

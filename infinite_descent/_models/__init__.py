@@ -1,0 +1,5 @@
+"""Models of the Infinity Class."""
+
+from ._aion import AION
+
+__all__ = ["AION"]

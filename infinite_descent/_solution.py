@@ -1,0 +1,65 @@
+"""Result codes and the information a solve returns."""
+
+from __future__ import annotations
+
+import equinox as eqx
+from jaxtyping import Array, Bool, Float, Int
+
+
+class RESULTS(eqx.Enumeration):
+    """How a solve ended. ``RESULTS[code]`` is the readable message.
+
+    - ``successful``: a convergence test was met (see :func:`infinite_descent.solve`).
+    - ``max_steps_reached``: ``max_steps`` inner iterations ran before any test was met; the
+      model returned is still the best point found and never worse than the start.
+    - ``nonfinite_data``: ``x`` or ``y`` holds NaN or Inf; the start is returned unchanged.
+    - ``nonfinite_start``: the model's loss at the start is not finite (for example an
+      exponential overflowed); the start is returned unchanged.
+    """
+
+    successful = ""
+    max_steps_reached = (
+        "The solve ran `max_steps` inner iterations without meeting a convergence test. The "
+        "returned model is the best point found (never worse than the start); raise "
+        "`max_steps` or loosen the tolerances, or pass `throw=False` to accept it as is."
+    )
+    nonfinite_data = (
+        "The data `x` or `y` contain NaN or Inf values; the model was returned unchanged."
+    )
+    nonfinite_start = (
+        "The loss at the starting model is not finite (NaN or Inf: an exponential overflowed "
+        "or the parameters are not finite); the model was returned unchanged. Rescale the "
+        "inputs to about [-1, 1] or reduce the growth rates `alpha`."
+    )
+
+
+class SolveInfo(eqx.Module):
+    """What :func:`infinite_descent.solve` did, for honest reporting.
+
+    **Fields:**
+
+    - ``loss``: ``Phi = sum_n (f(x_n) - y_n)^2`` at the returned model.
+    - ``initial_loss``: ``Phi`` at the start.
+    - ``grad_norm``: ``max |grad Phi|`` at the returned model.
+    - ``inner_steps``: inner iterations (each solves one linear system and evaluates one
+      candidate point). The paper's "one step" hides these; report them.
+    - ``accepted_steps``: inner iterations whose candidate lowered ``Phi`` and was taken.
+    - ``data_passes``: sweeps over the ``N`` data points, whatever each computes (values and
+      Jacobian together count once; the per-rank second-derivative blocks count once more).
+    - ``damping``: the final Levenberg-Marquardt damping ``lambda`` (relative to the scaling).
+    - ``converged``: ``result == RESULTS.successful``.
+    - ``result``: a :class:`RESULTS` code; ``RESULTS[info.result]`` is its message.
+    - ``linear_solver``, ``hessian``: the strategies used (static strings).
+    """
+
+    loss: Float[Array, ""]
+    initial_loss: Float[Array, ""]
+    grad_norm: Float[Array, ""]
+    inner_steps: Int[Array, ""]
+    accepted_steps: Int[Array, ""]
+    data_passes: Int[Array, ""]
+    damping: Float[Array, ""]
+    converged: Bool[Array, ""]
+    result: RESULTS
+    linear_solver: str = eqx.field(static=True)
+    hessian: str = eqx.field(static=True)

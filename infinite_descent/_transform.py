@@ -1,0 +1,104 @@
+"""``solve_once``: the SNR solve as an optax ``GradientTransformationExtraArgs``."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import optax
+from jaxtyping import Array, Float, Int
+
+from ._checks import check_model
+from ._solution import RESULTS
+from ._solve import solve
+
+
+class SolveOnceState(NamedTuple):
+    """State of :func:`solve_once`. Its dtypes never change between updates.
+
+    - ``count``: updates done (int32).
+    - ``inner_steps``, ``data_passes``: of the last update's solve (int32).
+    - ``loss_before``, ``loss_after``: ``Phi`` before and after the last update (the
+      parameters' dtype; ``inf`` before the first update).
+    - ``result``: the last solve's :class:`RESULTS` code.
+    """
+
+    count: Int[Array, ""]
+    inner_steps: Int[Array, ""]
+    data_passes: Int[Array, ""]
+    loss_before: Float[Array, ""]
+    loss_after: Float[Array, ""]
+    result: RESULTS
+
+
+def solve_once(**solve_options) -> optax.GradientTransformationExtraArgs:
+    """Infinite Descent as an optax transformation: each update is a whole SNR solve.
+
+    ``update(updates, state, params, *, x, y, **extra_args)`` ignores the incoming
+    ``updates`` (gradients from your loop, or anything else), solves
+    ``grad Phi(params + delta) = 0`` on the batch ``(x, y)`` with :func:`solve` and returns
+    ``delta*``, so ``optax.apply_updates(params, updates)`` (or ``eqx.apply_updates``) lands on
+    the solved model. ``params`` is the :class:`AION` (or ``eqx.filter(model, eqx.is_array)``
+    of it). Unknown extra keyword arguments are ignored, so it composes with ``optax.chain``.
+    It runs under ``jax.jit`` and ``eqx.filter_jit``.
+
+    Each update is a full-batch solve of the data it is given: feed it the whole data set (a
+    minibatch would be fitted exactly and forget the rest).
+
+    **Arguments:** any keyword option of :func:`solve` (``max_steps``, ``linear_solver``,
+    ``hessian``, ``trainable``, tolerances). ``throw`` defaults to ``False`` here: a training
+    loop reads ``state.result`` rather than stopping.
+
+    ```python
+    opt = idn.solve_once()
+    state = opt.init(model)
+    updates, state = opt.update(grads, state, model, x=x, y=y)
+    model = optax.apply_updates(model, updates)
+    ```
+    """
+    solve_options = dict(solve_options)
+    solve_options.setdefault("throw", False)
+    for name in ("x", "y", "model"):
+        if name in solve_options:
+            raise TypeError(f"solve_once: `{name}` is passed to `update`, not to `solve_once`.")
+
+    def init_fn(params) -> SolveOnceState:
+        check_model(params, "solve_once.init")
+        dtype = params.dtype
+        return SolveOnceState(
+            count=jnp.zeros((), jnp.int32),
+            inner_steps=jnp.zeros((), jnp.int32),
+            data_passes=jnp.zeros((), jnp.int32),
+            loss_before=jnp.full((), jnp.inf, dtype),
+            loss_after=jnp.full((), jnp.inf, dtype),
+            result=RESULTS.successful,
+        )
+
+    def update_fn(updates, state: SolveOnceState, params=None, *, x=None, y=None, **extra_args):
+        del updates, extra_args
+        if params is None:
+            raise TypeError("solve_once.update: `params` (the model) is required.")
+        if x is None or y is None:
+            raise TypeError(
+                "solve_once.update: pass the data as keywords, `update(..., x=x, y=y)`."
+            )
+        model = check_model(params, "solve_once.update")
+        solved, info = solve(model, x, y, **solve_options)
+        delta = jax.tree.map(
+            lambda new, old: new - old,
+            eqx.filter(solved, eqx.is_inexact_array),
+            eqx.filter(model, eqx.is_inexact_array),
+        )
+        new_state = SolveOnceState(
+            count=optax.safe_int32_increment(state.count),
+            inner_steps=info.inner_steps.astype(jnp.int32),
+            data_passes=info.data_passes.astype(jnp.int32),
+            loss_before=info.initial_loss.astype(state.loss_before.dtype),
+            loss_after=info.loss.astype(state.loss_after.dtype),
+            result=info.result,
+        )
+        return delta, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
