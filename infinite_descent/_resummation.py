@@ -75,11 +75,12 @@ def aion_terms(
     ``D(Delta) = exp(<a, Delta>)`` carries it to ``Theta + Delta``. Cost per point: ``r d P``
     complex exponentials and ``O(r d P)`` real products.
     """
-    amplitude = theta[:, 0] + delta[:, 0]  # (r, d', P)
+    amplitude = (theta[:, 0] + delta[:, 0])[None]  # (1, r, d', P)
     xs = x[:, None, :, None]  # (N, 1, d, 1)
 
     def exponentials(delta):
-        shift = complex_exp(delta[:, 1] * xs, delta[:, 2] * xs + delta[:, 3])  # D(Delta)
+        d = delta[None]
+        shift = complex_exp(d[:, :, 1] * xs, d[:, :, 2] * xs + d[:, :, 3])  # D(Delta)
         e = basis * shift  # exp(z(x; Theta + Delta)), (N, r, d, P)
         return jnp.real(e), jnp.imag(e)
 
@@ -106,7 +107,9 @@ class AIONResummation(eqx.Module):
 
     def __init__(self, model: AION, x: Array, y: Array):
         self.theta = stack_params(model)
-        self.basis = atom_exponentials(model.alpha, model.omega, model.phi, x[:, None, :])
+        self.basis = atom_exponentials(
+            model.alpha[None], model.omega[None], model.phi[None], x[:, None, :]
+        )
         self.x = x
         self.y = y
 
@@ -181,14 +184,19 @@ class ResummedResidual(eqx.Module):
     resummation: AIONResummation
     structure: AION  # the filtered model, used as the template for inputs and outputs
 
+    # Each method is compiled once per shape (eqx.filter_jit), so that calling F eagerly is
+    # as fast as calling it inside the user's own jit.
+    @eqx.filter_jit
     def __call__(self, delta):
         return unstack_params(self.resummation.gradient(stack_params(delta)), self.structure)
 
+    @eqx.filter_jit
     def loss(self, delta) -> Array:
         """``Phi = sum_n (f(x_n) - y_n)^2`` at ``model + delta``."""
         r, _ = self.resummation.residual_and_jacobian(stack_params(delta))
         return jnp.sum(r * r)
 
+    @eqx.filter_jit
     def rank_blocks(self, delta) -> Array:
         """Per-rank Hessian blocks of ``Phi`` at ``model + delta``, shape ``(rank, m, m)``."""
         return self.resummation.rank_blocks(stack_params(delta))

@@ -97,7 +97,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
 
     def evaluate(delta):
         r, jac = problem.residual_and_jacobian(delta.reshape(problem.theta.shape))
-        jac = jac * maskf
+        jac = jac * maskf[None, :]
         loss = r @ r
         gram = jac.T @ jac
         g = r @ jac
@@ -110,7 +110,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
             blocks = 0.5 * problem.rank_blocks(
                 delta.reshape(problem.theta.shape), residual_only=True
             )
-            blocks = blocks * m[:, :, None] * m[:, None, :]
+            blocks = blocks * (m[:, :, None] * m[:, None, :])
         return loss, gram, g, blocks
 
     def model_product(gram, blocks, s):
