@@ -1,0 +1,74 @@
+"""What the benchmark scripts share: float64, output folders, tables and JSON."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+from pathlib import Path
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "results"
+
+
+def parser(description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (default: results/)")
+    return p
+
+
+def machine() -> dict:
+    """Where the figures were measured."""
+    return {
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "jax": jax.__version__,
+        "backend": jax.default_backend(),
+        "devices": [str(d) for d in jax.devices()],
+    }
+
+
+def write_json(out: Path, name: str, payload: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / name
+    path.write_text(json.dumps(payload, indent=2, default=_default))
+    return path
+
+
+def _default(obj):
+    try:
+        import numpy as np
+
+        if isinstance(obj, np.generic):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    except ImportError:  # pragma: no cover
+        pass
+    raise TypeError(f"not JSON serialisable: {type(obj)}")
+
+
+def fmt(value, spec: str = ".3g") -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return format(value, spec)
+    return str(value)
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
+    """Print ``rows`` as a plain-text table; ``columns`` are ``(key, header)`` pairs."""
+    cells = [[fmt(r.get(k)) for k, _ in columns] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
+    line = "  ".join(h.ljust(w) for (_, h), w in zip(columns, widths))
+    print(line)
+    print("-" * len(line))
+    for c in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(c, widths)))
