@@ -9,13 +9,14 @@ Public names:
 - :func:`resummed_residual`: ``F(delta) = grad Phi(model + delta)`` as a pure function.
 - :func:`solve`: the SNR solve, ``(model_star, info)``.
 - :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
-- :class:`SolveInfo`, :class:`SolveOnceState`, :class:`RESULTS`: what a solve reports.
+- :class:`SolveInfo`, :class:`SolveHistory`, :class:`SolveOnceState`, :class:`RESULTS`: what a
+  solve reports.
 - :mod:`problems`: the paper's toy and certified reference problems.
 """
 
 from . import problems
 from ._models import AION
-from ._solution import RESULTS, SolveInfo
+from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import resummed_residual, solve
 from ._transform import SolveOnceState, solve_once
 
@@ -24,6 +25,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AION",
     "RESULTS",
+    "SolveHistory",
     "SolveInfo",
     "SolveOnceState",
     "problems",

@@ -42,6 +42,16 @@ class SNROptions(NamedTuple):
     loss_atol: float
     loss_rtol: float
     initial_damping: float
+    record_history: bool = False
+
+
+class SNRHistory(NamedTuple):
+    """The point after each inner iteration (index 0: the start); NaN past the last one."""
+
+    loss: jax.Array  # (max_steps + 1,)
+    delta: jax.Array  # (max_steps + 1, M)
+    damping: jax.Array  # (max_steps + 1,)
+    accepted: jax.Array  # (max_steps + 1,) bool
 
 
 class SNRResult(NamedTuple):
@@ -54,6 +64,7 @@ class SNRResult(NamedTuple):
     data_passes: jax.Array
     damping: jax.Array
     result: RESULTS
+    history: SNRHistory | None
 
 
 class _Carry(NamedTuple):
@@ -70,6 +81,7 @@ class _Carry(NamedTuple):
     passes: jax.Array
     done: jax.Array
     result: RESULTS
+    history: SNRHistory | None
 
 
 def _default_tolerances(dtype, options: SNROptions) -> tuple[float, float]:
@@ -135,6 +147,17 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
     def converged_at(loss, g):
         return (loss <= loss_target) | (2 * jnp.max(jnp.abs(g)) <= grad_target)
 
+    history0 = None
+    if options.record_history:
+        length = options.max_steps + 1
+        nan = jnp.asarray(jnp.nan, dtype)
+        history0 = SNRHistory(
+            loss=jnp.full(length, nan).at[0].set(loss0),
+            delta=jnp.full((length, num_params), nan).at[0].set(delta0),
+            damping=jnp.full(length, nan).at[0].set(options.initial_damping),
+            accepted=jnp.zeros(length, bool),
+        )
+
     init = _Carry(
         delta=delta0,
         loss=loss0,
@@ -149,6 +172,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
         passes=jnp.asarray(passes_per_eval, jnp.int32),
         done=~(data_ok & start_ok) | converged_at(loss0, g0) | ~jnp.any(mask),
         result=result0,
+        history=history0,
     )
 
     def cond(c: _Carry):
@@ -186,6 +210,15 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
         step_small = jnp.linalg.norm(s) <= xtol * (params_norm + xtol)
         decrease_small = accept & (actual <= ftol * c.loss) & (predicted <= ftol * c.loss)
         done = step_small | decrease_small | converged_at(loss, g)
+        history = c.history
+        if history is not None:
+            k = c.steps + 1
+            history = SNRHistory(
+                loss=history.loss.at[k].set(loss),
+                delta=history.delta.at[k].set(delta),
+                damping=history.damping.at[k].set(mu),
+                accepted=history.accepted.at[k].set(accept),
+            )
         return _Carry(
             delta=delta,
             loss=loss,
@@ -200,6 +233,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
             passes=c.passes + passes_per_eval,
             done=done,
             result=c.result,
+            history=history,
         )
 
     final = jax.lax.while_loop(cond, body, init)
@@ -218,4 +252,5 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
         data_passes=final.passes,
         damping=final.mu,
         result=result,
+        history=final.history,
     )

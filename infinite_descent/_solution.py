@@ -50,6 +50,8 @@ class SolveInfo(eqx.Module):
     - ``converged``: ``result == RESULTS.successful``.
     - ``result``: a :class:`RESULTS` code; ``RESULTS[info.result]`` is its message.
     - ``linear_solver``, ``hessian``: the strategies used (static strings).
+    - ``history``: with ``solve(..., record_history=True)``, a :class:`SolveHistory` of every
+      inner iterate; otherwise ``None``.
     """
 
     loss: Float[Array, ""]
@@ -63,3 +65,24 @@ class SolveInfo(eqx.Module):
     result: RESULTS
     linear_solver: str = eqx.field(static=True)
     hessian: str = eqx.field(static=True)
+    history: "SolveHistory | None" = None
+
+
+class SolveHistory(eqx.Module):
+    """The inner iterates of one solve (``solve(..., record_history=True)``).
+
+    Index 0 is the start and index ``k`` the point after inner iteration ``k`` (the same point
+    again when the candidate was rejected); entries past ``info.inner_steps`` are NaN.
+    Recording costs ``O(max_steps * M)`` memory; it is off by default.
+
+    - ``loss``: ``Phi`` at each iterate, shape ``(max_steps + 1,)``.
+    - ``params``: the parameters, shaped like the model's arrays with a leading
+      ``max_steps + 1`` axis.
+    - ``damping``: the damping ``lambda`` after each iteration.
+    - ``accepted``: whether iteration ``k`` took its step.
+    """
+
+    loss: Float[Array, " steps"]
+    params: object
+    damping: Float[Array, " steps"]
+    accepted: Bool[Array, " steps"]

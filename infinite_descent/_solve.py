@@ -14,7 +14,7 @@ from ._linear_solve import resolve_linear_solver
 from ._models._aion import AION
 from ._resummation import AIONResummation, ResummedResidual, stack_params, unstack_params
 from ._snr import SNROptions, run_snr
-from ._solution import RESULTS, SolveInfo
+from ._solution import RESULTS, SolveHistory, SolveInfo
 
 HESSIANS = ("gauss_newton", "exact")
 
@@ -106,6 +106,15 @@ def _solve_jit(model, x, y, mask, options: SNROptions):
     out = run_snr(problem, mask, options)
     theta_star = problem.theta + out.delta.reshape(problem.theta.shape)
     model_star = unstack_params(theta_star, model)
+    history = None
+    if out.history is not None:
+        thetas = problem.theta[None] + out.history.delta.reshape(-1, *problem.theta.shape)
+        history = SolveHistory(
+            loss=out.history.loss,
+            params=jax.vmap(lambda t: unstack_params(t, params))(thetas),
+            damping=out.history.damping,
+            accepted=out.history.accepted,
+        )
     info = SolveInfo(
         loss=out.loss,
         initial_loss=out.initial_loss,
@@ -118,6 +127,7 @@ def _solve_jit(model, x, y, mask, options: SNROptions):
         result=out.result,
         linear_solver=options.linear_solver,
         hessian=options.hessian,
+        history=history,
     )
     return model_star, info
 
@@ -151,6 +161,7 @@ def solve(
     loss_atol: float = 0.0,
     loss_rtol: float = 0.0,
     initial_damping: float = 1e-1,
+    record_history: bool = False,
 ) -> tuple[AION, SolveInfo]:
     r"""Solve ``F(delta) = grad Phi(model + delta) = 0`` by Structured Newton-Raphson.
 
@@ -193,6 +204,8 @@ def solve(
       The defaults run to the rounding floor: on an exactly representable target the loss
       ends near ``N eps^2``.
     - ``initial_damping``: the starting ``mu``, relative to the scaling ``D``.
+    - ``record_history``: keep every inner iterate in ``info.history`` (a
+      :class:`SolveHistory`); off by default, free when off.
 
     **Returns** ``(model_star, info)``: the solved model (an ordinary :class:`AION`) and a
     :class:`SolveInfo` with the loss, the inner iterations, the passes over the data and the
@@ -224,6 +237,7 @@ def solve(
         loss_atol=float(loss_atol),
         loss_rtol=float(loss_rtol),
         initial_damping=float(initial_damping),
+        record_history=bool(record_history),
     )
     model_star, info = _solve_jit(model, x, y, mask, options)
     if throw:

@@ -63,7 +63,9 @@ class MethodRun:
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def row(self) -> dict[str, Any]:
-        """The JSON row of a results table."""
+        """The JSON row of a results table (scalar extras such as a learning rate included;
+        traces and iterates left out)."""
+        scalars = {k: v for k, v in self.extra.items() if isinstance(v, (int, float, str))}
         return {
             "source": "measured",
             "method": self.method,
@@ -72,7 +74,7 @@ class MethodRun:
             "data_passes": self.data_passes,
             "wall_ms": self.wall_ms,
             "final_loss": self.final_loss,
-            **self.extra,
+            **scalars,
         }
 
 
@@ -100,6 +102,36 @@ def median_wall_ms(fn: Callable[[], Any], repeats: int = 5) -> tuple[float, Any]
     return 1e3 * float(np.median(times)), out
 
 
+class EvaluationLog:
+    """Counts passes over the data during an instrumented (untimed) run and records ``Phi``.
+
+    ``value(phi)`` records a pass that computed ``Phi``; ``other()`` one that did not (a
+    Jacobian or a Hessian-vector product alone).
+    """
+
+    def __init__(self):
+        self.passes: list[int] = []
+        self.loss: list[float] = []
+        self.count = 0
+
+    def value(self, phi) -> None:
+        self.count += 1
+        self.passes.append(self.count)
+        self.loss.append(float(phi))
+
+    def other(self) -> None:
+        self.count += 1
+
+    def trace(self) -> dict[str, list]:
+        """``{"data_passes": [...], "loss": [...]}``: ``Phi`` at each evaluation, in order."""
+        return {"data_passes": list(self.passes), "loss": list(self.loss)}
+
+
+def _log_phi(log: EvaluationLog | None, phi):
+    if log is not None:
+        jax.debug.callback(log.value, phi, ordered=True)
+
+
 def _split(model: AION):
     return eqx.partition(model, eqx.is_inexact_array)
 
@@ -114,8 +146,21 @@ def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
         updates, state = opt.update(None, state, model, x=x, y=y)
         return eqx.apply_updates(model, updates), state
 
-    def run(model: AION, repeats: int = 5) -> MethodRun:
+    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
         ms, (final, state) = median_wall_ms(lambda: update(model), repeats)
+        extra = {}
+        if trace:
+            from ._solve import solve
+
+            options = {k: v for k, v in solve_options.items() if k != "throw"}
+            _, info = solve(model, x, y, throw=False, record_history=True, **options)
+            steps = int(info.inner_steps)
+            history = info.history
+            extra["trace"] = {
+                "data_passes": list(range(1, steps + 2)),
+                "loss": [float(v) for v in history.loss[: steps + 1]],
+            }
+            extra["iterates"] = jax.tree.map(lambda a: np.asarray(a[: steps + 1]), history.params)
         return MethodRun(
             method="Infinite Descent",
             final_loss=loss(final, x, y),
@@ -124,6 +169,7 @@ def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
             data_passes=int(state.data_passes),
             wall_ms=ms,
             model=final,
+            extra=extra,
         )
 
     return run
@@ -134,80 +180,114 @@ def optimistix_levenberg_marquardt(
 ) -> Callable[..., MethodRun]:
     """``optimistix.least_squares`` with ``LevenbergMarquardt`` on the residuals ``f - y``.
 
-    Data passes: one per step (residuals and Jacobian at the new point) plus the start, the
+    Data passes: one per step; each step evaluates the residuals (and the Jacobian) at one
+    point, the first at the start (checked by counting evaluations in the traced run). The
     same accounting as Infinite Descent's.
     """
     import optimistix as optx
 
     solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol)
 
-    @eqx.filter_jit
-    def fit(model):
-        params, static = _split(model)
+    def make_fit(log):
+        @eqx.filter_jit
+        def fit(model):
+            params, static = _split(model)
 
-        def residuals(p, _):
-            return jax.vmap(eqx.combine(p, static))(x) - y
+            def residuals(p, _):
+                r = jax.vmap(eqx.combine(p, static))(x) - y
+                _log_phi(log, jnp.sum(r * r))
+                return r
 
-        sol = optx.least_squares(residuals, solver, params, max_steps=max_steps, throw=False)
-        return eqx.combine(sol.value, static), sol.stats["num_steps"]
+            sol = optx.least_squares(residuals, solver, params, max_steps=max_steps, throw=False)
+            return eqx.combine(sol.value, static), sol.stats["num_steps"]
 
-    def run(model: AION, repeats: int = 5) -> MethodRun:
+        return fit
+
+    fit = make_fit(None)
+
+    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
         ms, (final, steps) = median_wall_ms(lambda: fit(model), repeats)
+        extra = {}
+        if trace:
+            log = EvaluationLog()
+            jax.block_until_ready(make_fit(log)(model))
+            extra["trace"] = log.trace()
         return MethodRun(
             method="optimistix LevenbergMarquardt",
             final_loss=loss(final, x, y),
             outer_steps=int(steps),
             inner_steps=None,
-            data_passes=int(steps) + 1,
+            data_passes=int(steps),
             wall_ms=ms,
             model=final,
+            extra=extra,
         )
 
     return run
 
 
-def _objective(static, x, y):
+def _objective(static, x, y, log: EvaluationLog | None = None):
     def phi(params):
-        return jnp.sum((jax.vmap(eqx.combine(params, static))(x) - y) ** 2)
+        value = jnp.sum((jax.vmap(eqx.combine(params, static))(x) - y) ** 2)
+        _log_phi(log, value)
+        return value
 
     return phi
 
 
-def optax_lbfgs(
-    x, y, *, max_steps: int = 1000, gtol: float = 1e-14
-) -> Callable[..., MethodRun]:
-    """``optax.lbfgs`` (zoom line search) on ``Phi`` until ``||grad|| < gtol``.
+def _traced(make_fit, model, trace: bool) -> dict:
+    """Run the instrumented twin of a JAX runner once and return its ``trace``."""
+    if not trace:
+        return {}
+    log = EvaluationLog()
+    jax.block_until_ready(make_fit(log)(model))
+    return {"trace": log.trace()}
 
-    Data passes: every line-search trial evaluates ``Phi`` and its gradient (one pass each).
+
+def optax_lbfgs(
+    x, y, *, max_steps: int = 1000, gtol: float = 1e-10
+) -> Callable[..., MethodRun]:
+    """``optax.lbfgs`` (zoom line search) on ``Phi`` until ``||grad Phi|| < gtol``.
+
+    ``gtol = 1e-10`` takes the toy to ``Phi ~ 1e-23`` or below; tighter tolerances are never
+    met at the rounding floor and only add line-search trials. Data passes: every
+    line-search trial evaluates ``Phi`` and its gradient (one pass), plus the start.
     """
 
-    @eqx.filter_jit
-    def fit(model):
-        params, static = _split(model)
-        phi = _objective(static, x, y)
-        opt = optax.lbfgs()
-        value_and_grad = optax.value_and_grad_from_state(phi)
+    def make_fit(log):
+        @eqx.filter_jit
+        def fit(model):
+            params, static = _split(model)
+            phi = _objective(static, x, y, log)
+            opt = optax.lbfgs()
+            value_and_grad = optax.value_and_grad_from_state(phi)
 
-        def body(carry):
-            params, state, trials = carry
-            value, grad = value_and_grad(params, state=state)
-            updates, state = opt.update(
-                grad, state, params, value=value, grad=grad, value_fn=phi
-            )
-            trials = trials + optax.tree.get(state, "num_linesearch_steps").astype(trials.dtype)
-            return optax.apply_updates(params, updates), state, trials
+            def body(carry):
+                params, state, trials = carry
+                value, grad = value_and_grad(params, state=state)
+                updates, state = opt.update(
+                    grad, state, params, value=value, grad=grad, value_fn=phi
+                )
+                trials = trials + optax.tree.get(state, "num_linesearch_steps").astype(
+                    trials.dtype
+                )
+                return optax.apply_updates(params, updates), state, trials
 
-        def cond(carry):
-            _, state, _ = carry
-            count = optax.tree.get(state, "count")
-            grad = optax.tree.get(state, "grad")
-            return (count == 0) | ((count < max_steps) & (optax.tree.norm(grad) >= gtol))
+            def cond(carry):
+                _, state, _ = carry
+                count = optax.tree.get(state, "count")
+                grad = optax.tree.get(state, "grad")
+                return (count == 0) | ((count < max_steps) & (optax.tree.norm(grad) >= gtol))
 
-        init = (params, opt.init(params), jnp.zeros((), jnp.int32))
-        params, state, trials = jax.lax.while_loop(cond, body, init)
-        return eqx.combine(params, static), optax.tree.get(state, "count"), trials
+            init = (params, opt.init(params), jnp.zeros((), jnp.int32))
+            params, state, trials = jax.lax.while_loop(cond, body, init)
+            return eqx.combine(params, static), optax.tree.get(state, "count"), trials
 
-    def run(model: AION, repeats: int = 5) -> MethodRun:
+        return fit
+
+    fit = make_fit(None)
+
+    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
         ms, (final, steps, trials) = median_wall_ms(lambda: fit(model), repeats)
         return MethodRun(
             method="optax L-BFGS",
@@ -217,6 +297,7 @@ def optax_lbfgs(
             data_passes=int(trials) + 1,
             wall_ms=ms,
             model=final,
+            extra=_traced(make_fit, model, trace),
         )
 
     return run
@@ -225,22 +306,27 @@ def optax_lbfgs(
 def optax_adam(x, y, *, learning_rate: float, steps: int = 2000) -> Callable[..., MethodRun]:
     """``optax.adam`` on ``Phi`` for a fixed number of full-batch steps (one pass each)."""
 
-    @eqx.filter_jit
-    def fit(model):
-        params, static = _split(model)
-        phi = _objective(static, x, y)
-        opt = optax.adam(learning_rate)
-        grad_fn = jax.grad(phi)
+    def make_fit(log):
+        @eqx.filter_jit
+        def fit(model):
+            params, static = _split(model)
+            phi = _objective(static, x, y, log)
+            opt = optax.adam(learning_rate)
+            grad_fn = jax.grad(phi)
 
-        def body(_, carry):
-            params, state = carry
-            updates, state = opt.update(grad_fn(params), state, params)
-            return optax.apply_updates(params, updates), state
+            def body(_, carry):
+                params, state = carry
+                updates, state = opt.update(grad_fn(params), state, params)
+                return optax.apply_updates(params, updates), state
 
-        params, _ = jax.lax.fori_loop(0, steps, body, (params, opt.init(params)))
-        return eqx.combine(params, static)
+            params, _ = jax.lax.fori_loop(0, steps, body, (params, opt.init(params)))
+            return eqx.combine(params, static)
 
-    def run(model: AION, repeats: int = 5) -> MethodRun:
+        return fit
+
+    fit = make_fit(None)
+
+    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
         ms, final = median_wall_ms(lambda: fit(model), repeats)
         return MethodRun(
             method="optax Adam",
@@ -250,15 +336,14 @@ def optax_adam(x, y, *, learning_rate: float, steps: int = 2000) -> Callable[...
             data_passes=steps,
             wall_ms=ms,
             model=final,
-            extra={"learning_rate": learning_rate},
+            extra={"learning_rate": learning_rate, **_traced(make_fit, model, trace)},
         )
 
     return run
 
 
 def steepest_descent_armijo(
-    x, y, *, steps: int = 1000, c1: float = 1e-4, rho: float = 0.5, max_backtracking: int = 60,
-    record_path: bool = False,
+    x, y, *, steps: int = 1000, c1: float = 1e-4, rho: float = 0.5, max_backtracking: int = 60
 ) -> Callable[..., MethodRun]:
     """Steepest descent with Armijo backtracking, as the paper sets it.
 
@@ -266,7 +351,8 @@ def steepest_descent_armijo(
     ``scale_by_backtracking_linesearch(slope_rtol=c1, decrease_factor=rho,
     max_learning_rate=1)``; a huge ``increase_factor`` makes every iteration start from the
     unit step, as the paper's does. Data passes: one gradient per iteration plus one value per
-    line-search trial.
+    line-search trial. With ``trace=True`` the run also returns the path (``extra["path"]``,
+    the parameters after each iteration).
     """
     linesearch = optax.scale_by_backtracking_linesearch(
         max_backtracking_steps=max_backtracking,
@@ -277,31 +363,44 @@ def steepest_descent_armijo(
     )
     opt = optax.chain(optax.sgd(1.0), linesearch)
 
-    @eqx.filter_jit
-    def fit(model):
-        params, static = _split(model)
-        phi = _objective(static, x, y)
-        value_and_grad = jax.value_and_grad(phi)
+    def make_fit(log, record_path=False):
+        @eqx.filter_jit
+        def fit(model):
+            params, static = _split(model)
+            phi = _objective(static, x, y, log)
+            value_and_grad = jax.value_and_grad(phi)
 
-        def body(carry, _):
-            params, state, trials = carry
-            value, grad = value_and_grad(params)
-            updates, state = opt.update(
-                grad, state, params, value=value, grad=grad, value_fn=phi
-            )
-            trials = trials + optax.tree.get(state, "num_linesearch_steps").astype(trials.dtype)
-            params = optax.apply_updates(params, updates)
-            return (params, state, trials), (params if record_path else None)
+            def body(carry, _):
+                params, state, trials = carry
+                value, grad = value_and_grad(params)
+                updates, state = opt.update(
+                    grad, state, params, value=value, grad=grad, value_fn=phi
+                )
+                trials = trials + optax.tree.get(state, "num_linesearch_steps").astype(
+                    trials.dtype
+                )
+                params = optax.apply_updates(params, updates)
+                return (params, state, trials), (params if record_path else None)
 
-        init = (params, opt.init(params), jnp.zeros((), jnp.int32))
-        (params, _, trials), path = jax.lax.scan(body, init, None, length=steps)
-        return eqx.combine(params, static), trials, path
+            init = (params, opt.init(params), jnp.zeros((), jnp.int32))
+            (params, _, trials), path = jax.lax.scan(body, init, None, length=steps)
+            return eqx.combine(params, static), trials, path
 
-    def run(model: AION, repeats: int = 5) -> MethodRun:
-        ms, (final, trials, path) = median_wall_ms(lambda: fit(model), repeats)
+        return fit
+
+    fit = make_fit(None)
+
+    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
+        ms, (final, trials, _) = median_wall_ms(lambda: fit(model), repeats)
         extra = {}
-        if record_path:
-            extra["path"] = path
+        if trace:
+            log = EvaluationLog()
+            _, _, path = jax.block_until_ready(make_fit(log, record_path=True)(model))
+            start = eqx.filter(model, eqx.is_inexact_array)
+            extra["trace"] = log.trace()
+            extra["iterates"] = jax.tree.map(
+                lambda a, b: np.concatenate([np.asarray(a)[None], np.asarray(b)]), start, path
+            )
         return MethodRun(
             method="Steepest Descent",
             final_loss=loss(final, x, y),
@@ -316,67 +415,105 @@ def steepest_descent_armijo(
     return run
 
 
-def _numpy_objective(model: AION, x, y):
-    params, static = _split(model)
-    flat, unravel = ravel_pytree(params)
-    phi = _objective(static, x, y)
+class _FlatFunctions:
+    """JAX functions of the flat parameter vector, compiled once per model structure."""
 
-    def phi_flat(v):
-        return phi(unravel(v))
+    def __init__(self, model: AION, x, y):
+        params, self.static = _split(model)
+        _, self.unravel = ravel_pytree(params)
 
-    value = jax.jit(phi_flat)
-    grad = jax.jit(jax.grad(phi_flat))
-    hvp = jax.jit(lambda v, p: jax.jvp(jax.grad(phi_flat), (v,), (p,))[1])
-    return np.asarray(flat), unravel, static, value, grad, hvp
+        def residual_flat(v):
+            return jax.vmap(eqx.combine(self.unravel(v), self.static))(x) - y
+
+        def phi_flat(v):
+            r = residual_flat(v)
+            return r @ r
+
+        self.residual = jax.jit(residual_flat)
+        self.jacobian = jax.jit(jax.jacfwd(residual_flat))
+        self.value = jax.jit(phi_flat)
+        self.grad = jax.jit(jax.grad(phi_flat))
+        self.hvp = jax.jit(lambda v, p: jax.jvp(jax.grad(phi_flat), (v,), (p,))[1])
+
+    def model(self, v) -> AION:
+        return eqx.combine(self.unravel(jnp.asarray(v)), self.static)
+
+
+def _flat_functions_cache(x, y):
+    cache: dict = {}
+
+    def get(model: AION) -> tuple[_FlatFunctions, np.ndarray]:
+        params, _ = _split(model)
+        flat, _ = ravel_pytree(params)
+        key = jax.tree.structure(model), tuple(a.shape for a in jax.tree.leaves(params))
+        if key not in cache:
+            cache[key] = _FlatFunctions(model, x, y)
+        return cache[key], np.asarray(flat)
+
+    return get
 
 
 def scipy_newton_cg(
-    x, y, *, max_iterations: int = 50, stop_below: float = 1e-8, record_path: bool = False
+    x, y, *, max_iterations: int = 50, stop_below: float = 1e-8
 ) -> Callable[..., MethodRun]:
     """``scipy.optimize.minimize(method="Newton-CG")`` with JAX's exact gradient and
     Hessian-vector products, up to ``max_iterations`` or until ``Phi < stop_below`` (the
     paper's setting). Data passes: function + gradient + Hessian-vector product evaluations.
+    With ``trace=True`` the run also returns the path (``extra["iterates"]``).
     """
     from scipy.optimize import minimize
 
-    def run(model: AION, repeats: int = 5) -> MethodRun:
-        v0, unravel, static, value, grad, hvp = _numpy_objective(model, x, y)
+    functions = _flat_functions_cache(x, y)
 
+    def fit(fns: _FlatFunctions, v0, log: EvaluationLog | None, path: list | None):
         def f(v):
-            return float(value(v))
+            phi = float(fns.value(v))
+            if log is not None:
+                log.value(phi)
+            return phi
 
         def g(v):
-            return np.asarray(grad(v))
+            if log is not None:
+                log.other()
+            return np.asarray(fns.grad(v))
 
         def hessp(v, p):
-            return np.asarray(hvp(v, p))
-
-        path = []
+            if log is not None:
+                log.other()
+            return np.asarray(fns.hvp(v, p))
 
         def callback(intermediate_result):
-            if record_path:
+            if path is not None:
                 path.append(np.array(intermediate_result.x))
             if intermediate_result.fun < stop_below:
                 raise StopIteration
 
-        def fit():
-            path.clear()
-            return minimize(
-                f, v0, jac=g, hessp=hessp, method="Newton-CG", callback=callback,
-                options={"maxiter": max_iterations},
-            )
+        return minimize(
+            f, v0, jac=g, hessp=hessp, method="Newton-CG", callback=callback,
+            options={"maxiter": max_iterations},
+        )
 
-        ms, res = median_wall_ms(fit, repeats)
-        final = eqx.combine(unravel(jnp.asarray(res.x)), static)
-        extra = {"path": np.array([v0] + path)} if record_path else {}
+    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
+        fns, v0 = functions(model)
+        ms, res = median_wall_ms(lambda: fit(fns, v0, None, None), repeats)
+        extra = {}
+        if trace:
+            log, path = EvaluationLog(), [v0]
+            fit(fns, v0, log, path)
+            extra["trace"] = log.trace()
+            models = [fns.model(v) for v in path]
+            extra["iterates"] = jax.tree.map(
+                lambda *a: np.stack(a), *[eqx.filter(m, eqx.is_inexact_array) for m in models]
+            )
+        nhev = int(res.get("nhev", 0))
         return MethodRun(
             method="Newton-CG",
-            final_loss=loss(final, x, y),
+            final_loss=loss(fns.model(res.x), x, y),
             outer_steps=int(res.nit),
-            inner_steps=int(res.get("nhev", 0)),
-            data_passes=int(res.nfev) + int(res.njev) + int(res.get("nhev", 0)),
+            inner_steps=nhev,
+            data_passes=int(res.nfev) + int(res.njev) + nhev,
             wall_ms=ms,
-            model=final,
+            model=fns.model(res.x),
             extra=extra,
         )
 
@@ -388,39 +525,48 @@ def scipy_least_squares(
 ) -> Callable[..., MethodRun]:
     """``scipy.optimize.least_squares(method="lm")`` (MINPACK) with JAX's exact Jacobian.
 
-    ``ftol = xtol = gtol = tol`` (the tightest MINPACK allows is just above machine epsilon).
-    Data passes: residual evaluations plus Jacobian evaluations.
+    ``ftol = xtol = gtol = tol`` (MINPACK needs them above machine epsilon; 1e-15 is as tight
+    as it goes). Data passes: residual evaluations plus Jacobian evaluations.
     """
     from scipy.optimize import least_squares
 
-    def run(model: AION, repeats: int = 5) -> MethodRun:
-        params, static = _split(model)
-        v0, unravel = ravel_pytree(params)
+    functions = _flat_functions_cache(x, y)
 
-        def residual_flat(v):
-            return jax.vmap(eqx.combine(unravel(v), static))(x) - y
+    def fit(fns: _FlatFunctions, v0, log: EvaluationLog | None):
+        def residual(v):
+            r = np.asarray(fns.residual(v))
+            if log is not None:
+                log.value(r @ r)
+            return r
 
-        residual = jax.jit(residual_flat)
-        jacobian = jax.jit(jax.jacfwd(residual_flat))
+        def jacobian(v):
+            if log is not None:
+                log.other()
+            return np.asarray(fns.jacobian(v))
 
-        def fit():
-            return least_squares(
-                lambda v: np.asarray(residual(v)), np.asarray(v0),
-                jac=lambda v: np.asarray(jacobian(v)), method="lm",
-                ftol=tol, xtol=tol, gtol=tol, max_nfev=max_nfev,
-            )
+        return least_squares(
+            residual, v0, jac=jacobian, method="lm", ftol=tol, xtol=tol, gtol=tol,
+            max_nfev=max_nfev,
+        )
 
-        ms, res = median_wall_ms(fit, repeats)
-        final = eqx.combine(unravel(jnp.asarray(res.x)), static)
+    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
+        fns, v0 = functions(model)
+        ms, res = median_wall_ms(lambda: fit(fns, v0, None), repeats)
+        extra = {}
+        if trace:
+            log = EvaluationLog()
+            fit(fns, v0, log)
+            extra["trace"] = log.trace()
         njev = int(res.njev) if res.njev is not None else 0
         return MethodRun(
             method="scipy least_squares",
-            final_loss=loss(final, x, y),
+            final_loss=loss(fns.model(res.x), x, y),
             outer_steps=njev,
             inner_steps=int(res.nfev),
             data_passes=int(res.nfev) + njev,
             wall_ms=ms,
-            model=final,
+            model=fns.model(res.x),
+            extra=extra,
         )
 
     return run

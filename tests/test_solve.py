@@ -252,3 +252,28 @@ def test_float32_end_to_end_with_x64_enabled():
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(model))
     assert info.loss.dtype == jnp.float32
     assert float(info.loss) <= 1e-6 * float(info.initial_loss)
+
+
+def test_record_history_traces_the_inner_iterates(toy):
+    x, y = toy
+    start = idn.problems.paper_toy_start()
+    model, info = idn.solve(start, x, y, record_history=True, max_steps=40)
+    plain, plain_info = idn.solve(start, x, y, max_steps=40)
+    assert plain_info.history is None
+    # Recording changes nothing about the solve.
+    assert int(plain_info.inner_steps) == int(info.inner_steps)
+    np.testing.assert_array_equal(plain.phi, model.phi)
+    k = int(info.inner_steps)
+    hist = info.history
+    assert hist.loss.shape == (41,)
+    np.testing.assert_allclose(hist.loss[0], info.initial_loss, rtol=1e-14)
+    np.testing.assert_allclose(hist.loss[k], info.loss, rtol=1e-14)
+    assert np.all(np.isnan(np.asarray(hist.loss[k + 1 :])))
+    # Monotone: never a step up.
+    assert np.all(np.diff(np.asarray(hist.loss[: k + 1])) <= 0)
+    np.testing.assert_array_equal(hist.params.phi[0], start.phi)
+    np.testing.assert_array_equal(hist.params.phi[k], model.phi)
+    # Each recorded iterate's loss is the loss of its parameters.
+    point = jax.tree.map(lambda a: a[k // 2], hist.params)
+    point = eqx.combine(point, eqx.filter(start, eqx.is_inexact_array, inverse=True))
+    np.testing.assert_allclose(loss_of(point, x, y), float(hist.loss[k // 2]), rtol=1e-10)
