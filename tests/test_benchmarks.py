@@ -1,0 +1,44 @@
+"""The benchmark scripts run and write what their docs promise (tiny settings: no timing claims)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+METHODS = {
+    "Infinite Descent", "Steepest Descent", "Newton-CG", "optimistix LevenbergMarquardt",
+    "optax L-BFGS", "optax Adam", "scipy least_squares",
+}
+
+
+def run_module(name, *args):
+    subprocess.run([sys.executable, "-m", name, *args], cwd=REPO, check=True,
+                   capture_output=True, text=True, timeout=900)
+
+
+def test_table1_script(tmp_path):
+    run_module("benchmarks.table1", "--out", str(tmp_path), "--starts", "2", "--repeats", "1")
+    result = json.loads((tmp_path / "table1.json").read_text())
+    assert (tmp_path / "figure1.png").stat().st_size > 10_000
+    measured = {r["method"]: r for r in result["rows"] if r["source"] == "measured"}
+    paper = {r["method"] for r in result["rows"] if r["source"] == "paper"}
+    assert set(measured) == METHODS
+    assert paper == {"Steepest Descent", "Newton-CG", "Infinite Descent"}
+    for row in result["rows"]:
+        assert set(row) >= {"source", "method", "outer_steps", "inner_steps", "data_passes",
+                            "wall_ms", "final_loss"}
+    ours = measured["Infinite Descent"]
+    assert ours["outer_steps"] == 1 and ours["final_loss"] < 1e-20
+    assert ours["data_passes"] == ours["inner_steps"] + 1
+    assert {r["method"] for r in result["robustness"]} == METHODS
+    for r in result["robustness"]:
+        assert r["starts"] == 2 and 0 <= r["successes"] <= r["successes_1e12"] <= 2
+
+
+def test_toy_starts_script(tmp_path):
+    run_module("benchmarks.toy_starts", "--out", str(tmp_path), "--starts", "2", "--repeats", "1")
+    result = json.loads((tmp_path / "toy_starts.json").read_text())
+    assert [s["model"] for s in result["summary"]] == ["8 parameters (shared)", "16 parameters (untied)"]
+    assert all(s["starts"] == 2 for s in result["summary"])
+    assert len(result["per_start"]) == 1 + 2 + 2
