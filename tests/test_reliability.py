@@ -1,0 +1,185 @@
+"""Reliability: batches under vmap, determinism, data scales, overflow, degenerate data, dtypes."""
+
+import functools
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import infinite_descent as idn
+
+
+def loss_of(model, x, y):
+    return float(jnp.sum((jax.vmap(model)(x) - y) ** 2))
+
+
+def stack_models(models):
+    return jax.tree.map(lambda *a: jnp.stack(a), *models)
+
+
+def unstack(tree, i):
+    return jax.tree.map(lambda a: a[i], tree)
+
+
+def flat(model):
+    return jnp.concatenate([a.ravel() for a in jax.tree.leaves(eqx.filter(model, eqx.is_array))])
+
+
+def test_vmap_over_starts_matches_a_python_loop():
+    x, y = idn.problems.paper_toy()
+    starts = [idn.problems.random_toy_start(jax.random.key(i)) for i in range(6)]
+    solve = functools.partial(idn.solve, throw=False)
+    batched_models, batched = jax.jit(jax.vmap(lambda m: solve(m, x, y)))(stack_models(starts))
+    for i, start in enumerate(starts):
+        model, info = jax.jit(lambda m: solve(m, x, y))(start)
+        assert int(batched.result._value[i]) == int(info.result._value)
+        assert int(batched.inner_steps[i]) == int(info.inner_steps)
+        np.testing.assert_allclose(batched.loss[i], info.loss, rtol=1e-6, atol=1e-26)
+
+
+def test_vmap_over_starts_isolated_minimum_parameters_agree():
+    """Lanczos3 has an isolated minimum (up to the order of the ranks): parameters agree."""
+    problem = idn.problems.lanczos3()
+    solve = functools.partial(idn.solve, trainable=problem.trainable, throw=False)
+    starts = stack_models(problem.starts)
+    batched_models, batched = jax.jit(jax.vmap(lambda m: solve(m, problem.x, problem.y)))(starts)
+    for i, start in enumerate(problem.starts):
+        model, info = solve(start, problem.x, problem.y)
+        b = flat(unstack(batched_models, i))
+        assert float(jnp.linalg.norm(b - flat(model)) / jnp.linalg.norm(flat(model))) < 1e-10
+        assert int(batched.result._value[i]) == int(info.result._value)
+        np.testing.assert_allclose(batched.loss[i], info.loss, rtol=1e-10)
+
+
+def test_vmap_over_data_sets():
+    x, y = idn.problems.paper_toy()
+    start = idn.problems.paper_toy_start()
+    ys = jnp.stack([y, 2.0 * y, 0.5 * y])  # (a negated target is not representable: the shared
+    # model is a sum of psi_j(x) psi_j(y), a positive semidefinite kernel)
+    batched_models, batched = jax.vmap(lambda yy: idn.solve(start, x, yy, throw=False))(ys)
+    for i in range(3):
+        model, info = idn.solve(start, x, ys[i], throw=False)
+        assert int(batched.result._value[i]) == int(info.result._value)
+        assert float(batched.loss[i]) < 1e-20 and float(info.loss) < 1e-20
+
+
+def test_deterministic_bitwise():
+    x, y = idn.problems.paper_toy()
+    start = idn.problems.random_toy_start(jax.random.key(3), shared_dims=False)
+    a, info_a = idn.solve(start, x, y)
+    b, info_b = idn.solve(start, x, y)
+    for u, v in zip(jax.tree.leaves((a, info_a)), jax.tree.leaves((b, info_b))):
+        np.testing.assert_array_equal(u, v)
+
+
+@pytest.mark.parametrize("scale", [1e-3, 1e3])
+def test_target_scales(scale):
+    """Targets of scale 1e-3 and 1e3: the same relative accuracy as at scale 1."""
+    x, y = idn.problems.paper_toy()
+    start = idn.problems.paper_toy_start()
+    model, info = idn.solve(start, x, scale * y)
+    assert bool(info.converged)
+    relative = float(info.loss) / float(jnp.sum((scale * y) ** 2))
+    assert relative < 1e-25, relative
+    np.testing.assert_allclose(np.asarray(model.omega).ravel(), np.pi, rtol=1e-9)
+
+
+def test_overflowing_start_is_refused_clearly_and_returns_the_start():
+    """alpha * x in the hundreds: exp overflows in Phi. The start comes back, finite."""
+    x = jnp.linspace(0.0, 400.0, 50)[:, None] * jnp.ones((1, 2))
+    start = idn.AION(1, 2, 1, A=1.0, alpha=1.0, omega=0.5, phi=0.0)
+    y = jnp.ones(50)
+    model, info = idn.solve(start, x, y, throw=False)
+    assert info.result == idn.RESULTS.nonfinite_start
+    assert "Rescale the inputs" in idn.RESULTS[info.result]
+    for a, b in zip(jax.tree.leaves(model), jax.tree.leaves(start)):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(Exception, match="not finite"):
+        jax.block_until_ready(idn.solve(start, x, y))
+
+
+def test_large_but_finite_growth_never_returns_nonfinite_parameters():
+    """alpha * x up to ~300: finite but huge values; every candidate that overflows is
+    rejected, so the parameters stay finite and the loss never rises."""
+    x = jnp.linspace(0.0, 300.0, 40)[:, None]
+    target = idn.AION(1, 1, 1, A=1.0, alpha=1.0, omega=0.0, phi=0.0)
+    y = jax.vmap(target)(x)
+    start = idn.AION(1, 1, 1, A=1.3, alpha=0.97, omega=0.0, phi=0.0)
+    model, info = idn.solve(start, x, y, throw=False, max_steps=100)
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(model))
+    assert np.isfinite(float(info.loss))
+    assert float(info.loss) <= float(info.initial_loss)
+
+
+def test_duplicated_points():
+    x, y = idn.problems.paper_toy()
+    x3, y3 = jnp.concatenate([x, x, x]), jnp.concatenate([y, y, y])
+    model, info = idn.solve(idn.problems.paper_toy_start(), x3, y3)
+    assert float(info.loss) < 1e-20
+
+
+def test_single_point_and_fewer_points_than_parameters():
+    start = idn.AION(2, 3, 2, key=jax.random.key(0))  # 48 parameters
+    x = jax.random.uniform(jax.random.key(1), (5, 3))
+    y = jnp.arange(5.0)
+    model, info = idn.solve(start, x, y, throw=False)
+    assert float(info.loss) < 1e-16 * float(info.initial_loss)
+    model, info = idn.solve(start, x[:1], y[1:2], throw=False)
+    assert float(info.loss) < 1e-20
+
+
+def test_float32_problem_keeps_float32_everywhere():
+    x, y = idn.problems.paper_toy(dtype=jnp.float32)
+    start = idn.problems.paper_toy_start(dtype=jnp.float32)
+    model, info = idn.solve(start, x, y, throw=False)
+    for leaf in jax.tree.leaves((model, info)):
+        if jnp.issubdtype(leaf.dtype, jnp.floating):
+            assert leaf.dtype == jnp.float32
+    # Six orders of magnitude at least; the floor is about N eps^2 of float32.
+    assert float(info.loss) <= 1e-6 * float(info.initial_loss)
+    F = idn.resummed_residual(start, x, y)
+    zero = jax.tree.map(jnp.zeros_like, eqx.filter(start, eqx.is_inexact_array))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(F(zero)))
+
+
+def test_float64_data_with_a_float32_model_is_cast_to_the_model_dtype():
+    x, y = idn.problems.paper_toy()
+    start = idn.problems.paper_toy_start(dtype=jnp.float32)
+    model, info = idn.solve(start, x, y, throw=False)
+    assert info.loss.dtype == jnp.float32
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(model))
+
+
+class TestBoundaryOfEveryEntryPoint:
+    """resummed_residual and solve_once's update check their input like solve does."""
+
+    def setup_method(self):
+        self.model = idn.problems.paper_toy_start()
+        self.x, self.y = idn.problems.paper_toy()
+
+    def test_resummed_residual(self):
+        with pytest.raises(ValueError, match="non-finite"):
+            idn.resummed_residual(self.model, self.x, self.y.at[0].set(jnp.inf))
+        with pytest.raises(TypeError, match="real floating-point"):
+            idn.resummed_residual(self.model, self.x.astype(jnp.complex128), self.y)
+        with pytest.raises(TypeError, match="AION"):
+            idn.resummed_residual(object(), self.x, self.y)
+
+    def test_solve_once_update(self):
+        opt = idn.solve_once()
+        state = opt.init(self.model)
+        with pytest.raises(ValueError, match="non-finite"):
+            opt.update(None, state, self.model, x=self.x.at[2, 0].set(jnp.nan), y=self.y)
+        with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
+            opt.update(None, state, self.model, x=self.x[:, :1], y=self.y)
+        with pytest.raises(TypeError, match="AION"):
+            opt.init({"A": jnp.ones(3)})
+
+    def test_nonfinite_parameters(self):
+        bad = eqx.tree_at(lambda m: m.A, self.model, self.model.A.at[0].set(jnp.nan))
+        with pytest.raises(ValueError, match="`A` contains NaN"):
+            idn.solve(bad, self.x, self.y)
+        model, info = jax.jit(lambda m: idn.solve(m, self.x, self.y, throw=False))(bad)
+        assert info.result == idn.RESULTS.nonfinite_start
