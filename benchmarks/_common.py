@@ -8,7 +8,13 @@ import os
 import platform
 from pathlib import Path
 
-import jax
+# jaxlib's LAPACK kernels (Cholesky, QR) run on scipy's OpenBLAS, whose worker threads spin
+# against XLA's own thread pool: at N = 5000, M = 128 one SNR iteration took 11 ms with
+# OpenBLAS threads and 5 ms without, on 2 cores. Every method in a benchmark runs in the same
+# process under the same setting. Set before anything loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import jax  # noqa: E402
 
 jax.config.update("jax_enable_x64", True)
 
@@ -32,6 +38,7 @@ def machine() -> dict:
         "jax": jax.__version__,
         "backend": jax.default_backend(),
         "devices": [str(d) for d in jax.devices()],
+        "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS"),
     }
 
 
