@@ -197,9 +197,9 @@ def solve(
     - Convergence tests; the solve stops successfully at the first one met:
         - ``loss_atol``, ``loss_rtol``: ``Phi <= loss_atol + loss_rtol * Phi_0``;
         - ``grad_atol``, ``grad_rtol``: ``max|grad Phi| <= grad_atol + grad_rtol * max|grad Phi_0|``;
-        - ``ftol``: an accepted step whose actual and predicted relative decrease of ``Phi``
-          are both at most ``ftol`` (default ``eps^0.625``: 1.6e-10 in float64, 5e-5 in
-          float32), for a taken or a rejected step;
+        - ``ftol``: a step (taken or rejected) whose actual and predicted relative changes of
+          ``Phi`` are both at most ``ftol`` (default ``eps^0.625``: 1.6e-10 in float64, 5e-5
+          in float32), which ends solves on data that cannot be fitted exactly;
         - ``xtol``: a step with ``||s|| <= xtol (||Theta + delta|| + xtol)`` (default ``10 eps``).
 
       The defaults run to the rounding floor: on an exactly representable target the loss
