@@ -23,6 +23,7 @@ damping, so no special case is needed here.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import lineax as lx
@@ -43,43 +44,61 @@ def resolve_linear_solver(name: str, num_data: int, num_params: int) -> str:
     return name
 
 
-def _cholesky_solve(matrix: jax.Array, rhs: jax.Array) -> jax.Array:
-    operator = lx.MatrixLinearOperator(matrix, lx.positive_semidefinite_tag)
-    return lx.linear_solve(operator, rhs, lx.Cholesky(), throw=False).value
+class _Cholesky(eqx.Module):
+    """One symmetric positive definite matrix, factored once by lineax's Cholesky."""
+
+    operator: lx.MatrixLinearOperator
+    state: object
+
+    def __init__(self, matrix: jax.Array):
+        self.operator = lx.MatrixLinearOperator(matrix, lx.positive_semidefinite_tag)
+        self.state = lx.Cholesky().init(self.operator, {})
+
+    def solve(self, rhs: jax.Array) -> jax.Array:
+        return lx.linear_solve(
+            self.operator, rhs, lx.Cholesky(), state=self.state, throw=False
+        ).value
 
 
-def damped_step(
-    strategy: str,
-    gram: jax.Array,
-    g: jax.Array,
-    scale: jax.Array,
-    mu: jax.Array,
-    block_size: int,
-    residual_blocks: jax.Array | None = None,
-) -> jax.Array:
-    """Solve ``(G + mu diag(scale)) s = -g`` with the given strategy.
+class DampedSystem(eqx.Module):
+    """``(G + mu diag(scale))`` factored once, solved for any number of right-hand sides.
 
     ``gram`` is ``J^T J`` (``M x M``), ``residual_blocks`` the per-rank ``K_j`` or ``None``
-    (Gauss-Newton). ``block_size`` is ``m``, the parameters per rank.
+    (Gauss-Newton), ``block_size`` is ``m``, the parameters per rank. With ``"block"`` only the
+    ``r`` diagonal blocks are factored (one batched Cholesky).
     """
-    num_params = g.shape[0]
-    ranks = num_params // block_size
-    damping = mu * scale
-    if strategy == "dense":
-        matrix = gram
-        if residual_blocks is not None:
-            idx = jnp.arange(ranks)
-            blocks = jnp.zeros((ranks, block_size, ranks, block_size), gram.dtype)
-            blocks = blocks.at[idx, :, idx, :].set(residual_blocks)
-            matrix = matrix + blocks.reshape(num_params, num_params)
-        matrix = matrix + jnp.diag(damping)
-        return _cholesky_solve(matrix, -g)
-    if strategy == "block":
-        diag_blocks = gram.reshape(ranks, block_size, ranks, block_size)
-        diag_blocks = diag_blocks[jnp.arange(ranks), :, jnp.arange(ranks), :]
-        if residual_blocks is not None:
-            diag_blocks = diag_blocks + residual_blocks
-        diag_blocks = diag_blocks + jax.vmap(jnp.diag)(damping.reshape(ranks, block_size))
-        step = jax.vmap(_cholesky_solve)(diag_blocks, -g.reshape(ranks, block_size))
-        return step.reshape(num_params)
-    raise ValueError(f"unknown linear solver strategy {strategy!r}")
+
+    factor: _Cholesky
+    strategy: str = eqx.field(static=True)
+    block_size: int = eqx.field(static=True)
+
+    def __init__(self, strategy, gram, scale, mu, block_size, residual_blocks=None):
+        num_params = gram.shape[0]
+        ranks = num_params // block_size
+        damping = mu * scale
+        if strategy == "dense":
+            matrix = gram
+            if residual_blocks is not None:
+                idx = jnp.arange(ranks)
+                blocks = jnp.zeros((ranks, block_size, ranks, block_size), gram.dtype)
+                blocks = blocks.at[idx, :, idx, :].set(residual_blocks)
+                matrix = matrix + blocks.reshape(num_params, num_params)
+            self.factor = _Cholesky(matrix + jnp.diag(damping))
+        elif strategy == "block":
+            diag_blocks = gram.reshape(ranks, block_size, ranks, block_size)
+            diag_blocks = diag_blocks[jnp.arange(ranks), :, jnp.arange(ranks), :]
+            if residual_blocks is not None:
+                diag_blocks = diag_blocks + residual_blocks
+            diag_blocks = diag_blocks + jax.vmap(jnp.diag)(damping.reshape(ranks, block_size))
+            self.factor = jax.vmap(_Cholesky)(diag_blocks)
+        else:
+            raise ValueError(f"unknown linear solver strategy {strategy!r}")
+        self.strategy = strategy
+        self.block_size = block_size
+
+    def solve(self, rhs: jax.Array) -> jax.Array:
+        """``(G + mu diag(scale))^{-1} rhs``; non-finite if the matrix was not definite."""
+        if self.strategy == "dense":
+            return self.factor.solve(rhs)
+        blocks = rhs.reshape(-1, self.block_size)
+        return jax.vmap(lambda f, b: f.solve(b))(self.factor, blocks).reshape(rhs.shape)

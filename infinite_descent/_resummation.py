@@ -63,6 +63,33 @@ def _materialized(fn, *args):
     return jax.lax.cond(probe == probe, fn, nan_branch, *args)
 
 
+def _shifted_terms(theta, delta, basis, x):
+    """Real and imaginary parts of ``exp(z(x; Theta + Delta))`` and the atoms ``psi``."""
+    amplitude = (theta[:, 0] + delta[:, 0])[None]  # (1, r, d', P)
+    xs = x[:, None, :, None]  # (N, 1, d, 1)
+
+    def exponentials(delta):
+        d = delta[None]
+        shift = complex_exp(d[:, :, 1] * xs, d[:, :, 2] * xs + d[:, :, 3])  # D(Delta)
+        e = basis * shift  # exp(z(x; Theta + Delta)), (N, r, d, P)
+        return jnp.real(e), jnp.imag(e)
+
+    re, im = _materialized(exponentials, delta)
+    psi = jnp.sum(amplitude * re, axis=-1)  # atoms, (N, r, d)
+    return amplitude, xs, re, im, psi
+
+
+def aion_values(
+    theta: Float[Array, "rank 4 dims terms"],
+    delta: Float[Array, "rank 4 dims terms"],
+    basis: Complex[Array, "N rank dim terms"],
+    x: Float[Array, "N dim"],
+) -> Float[Array, "N rank"]:
+    """Each rank's values ``T_j(x_n)`` at ``Theta + Delta`` (no derivatives)."""
+    *_, psi = _shifted_terms(theta, delta, basis, x)
+    return jnp.prod(psi, axis=-1)
+
+
 def aion_terms(
     theta: Float[Array, "rank 4 dims terms"],
     delta: Float[Array, "rank 4 dims terms"],
@@ -75,18 +102,8 @@ def aion_terms(
     ``D(Delta) = exp(<a, Delta>)`` carries it to ``Theta + Delta``. Cost per point: ``r d P``
     complex exponentials and ``O(r d P)`` real products.
     """
-    amplitude = (theta[:, 0] + delta[:, 0])[None]  # (1, r, d', P)
-    xs = x[:, None, :, None]  # (N, 1, d, 1)
-
-    def exponentials(delta):
-        d = delta[None]
-        shift = complex_exp(d[:, :, 1] * xs, d[:, :, 2] * xs + d[:, :, 3])  # D(Delta)
-        e = basis * shift  # exp(z(x; Theta + Delta)), (N, r, d, P)
-        return jnp.real(e), jnp.imag(e)
-
-    re, im = _materialized(exponentials, delta)
+    amplitude, xs, re, im, psi = _shifted_terms(theta, delta, basis, x)
     re_c, im_c = amplitude * re, amplitude * im  # the complex term c = A e^z
-    psi = jnp.sum(re_c, axis=-1)  # atoms, (N, r, d)
     loo, total = leave_one_out_products(psi)
     loo = loo[..., None]
     columns = [re * loo, xs * re_c * loo, -xs * im_c * loo, -im_c * loo]  # dA, dalpha, ...
@@ -129,6 +146,23 @@ class AIONResummation(eqx.Module):
     def rank_terms(self, delta: Array) -> tuple[Array, Array]:
         """Per-rank values ``(N, r)`` and gradients ``(N, r, 4, d', P)`` at ``Theta + delta``."""
         return aion_terms(self.theta, delta, self.basis, self.x)
+
+    def residuals(self, delta: Array) -> Array:
+        """Residuals ``f(x_n) - y_n`` at ``Theta + delta`` (values only)."""
+        return jnp.sum(aion_values(self.theta, delta, self.basis, self.x), axis=1) - self.y
+
+    def second_directional_derivative(self, delta: Array, direction: Array) -> Array:
+        """``d^2/dt^2 r(Theta + delta + t v)`` at ``t = 0``: one pass over the data
+        (a JVP of a JVP of the values), exact."""
+
+        def along(t):
+            return self.residuals(delta + t * direction)
+
+        def first(t):
+            return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
+
+        zero = jnp.zeros((), delta.dtype)
+        return jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
 
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         """Residuals ``f(x_n) - y_n`` and the Jacobian of ``f``, ``(N, M)`` rank-major."""

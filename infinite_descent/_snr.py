@@ -25,7 +25,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from ._linear_solve import damped_step
+from ._linear_solve import DampedSystem
 from ._solution import RESULTS
 
 
@@ -43,6 +43,8 @@ class SNROptions(NamedTuple):
     loss_rtol: float
     initial_damping: float
     record_history: bool = False
+    geodesic: bool = False
+    geodesic_ratio: float = 0.75
 
 
 class SNRHistory(NamedTuple):
@@ -72,6 +74,7 @@ class _Carry(NamedTuple):
     loss: jax.Array
     gram: jax.Array
     g: jax.Array
+    jac: jax.Array | None
     blocks: jax.Array | None
     scale: jax.Array
     mu: jax.Array
@@ -95,10 +98,14 @@ def _default_tolerances(dtype, options: SNROptions) -> tuple[float, float]:
     return xtol, ftol
 
 
-def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
+def run_snr(
+    problem, mask: jax.Array, options: SNROptions, initial_damping: jax.Array | None = None
+) -> SNRResult:
     """Solve ``F(Delta) = 0`` for ``problem`` (an :class:`AIONResummation`).
 
     ``mask`` is a boolean vector over the stacked parameters; ``False`` entries never move.
+    ``initial_damping`` (a traced scalar) overrides ``options.initial_damping``, so that a
+    batch of solves can each start from their own damping.
     """
     theta = problem.theta.reshape(-1)
     dtype = theta.dtype
@@ -110,6 +117,12 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
     tiny = jnp.finfo(dtype).tiny
     maskf = mask.astype(dtype)
     passes_per_eval = 2 if use_blocks else 1
+    # Geodesic acceleration costs one more pass per iteration: the second directional
+    # derivative of the residuals along the velocity step.
+    passes_per_step = passes_per_eval + (1 if options.geodesic else 0)
+    mu0 = jnp.asarray(
+        options.initial_damping if initial_damping is None else initial_damping, dtype
+    )
 
     def evaluate(delta):
         r, jac = problem.residual_and_jacobian(delta.reshape(problem.theta.shape))
@@ -125,7 +138,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
                 delta.reshape(problem.theta.shape), residual_only=True
             )
             blocks = blocks * (m[:, :, None] * m[:, None, :])
-        return loss, gram, g, blocks
+        return loss, gram, g, (jac if options.geodesic else None), blocks
 
     def model_product(gram, blocks, s):
         gs = gram @ s
@@ -135,7 +148,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
 
     data_ok = jnp.all(jnp.isfinite(problem.x)) & jnp.all(jnp.isfinite(problem.y))
     delta0 = jnp.zeros_like(theta)
-    loss0, gram0, g0, blocks0 = evaluate(delta0)
+    loss0, gram0, g0, jac0, blocks0 = evaluate(delta0)
     start_ok = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(gram0)) & jnp.all(jnp.isfinite(g0))
     result0 = RESULTS.where(
         data_ok,
@@ -156,7 +169,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
         history0 = SNRHistory(
             loss=jnp.full(length, nan).at[0].set(loss0),
             delta=jnp.full((length, num_params), nan).at[0].set(delta0),
-            damping=jnp.full(length, nan).at[0].set(options.initial_damping),
+            damping=jnp.full(length, nan).at[0].set(mu0),
             accepted=jnp.zeros(length, bool),
         )
 
@@ -165,9 +178,10 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
         loss=loss0,
         gram=gram0,
         g=g0,
+        jac=jac0,
         blocks=blocks0,
         scale=jnp.diagonal(gram0),
-        mu=jnp.asarray(options.initial_damping, dtype),
+        mu=mu0,
         nu=jnp.asarray(2.0, dtype),
         steps=jnp.asarray(0, jnp.int32),
         accepted=jnp.asarray(0, jnp.int32),
@@ -183,17 +197,33 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
     def body(c: _Carry) -> _Carry:
         scale = jnp.maximum(c.scale, jnp.diagonal(c.gram))
         scale_eff = jnp.maximum(scale, jnp.finfo(dtype).eps * jnp.max(scale) + tiny)
-        s = damped_step(
-            options.linear_solver, c.gram, c.g, scale_eff, c.mu, block_size, c.blocks
+        system = DampedSystem(
+            options.linear_solver, c.gram, scale_eff, c.mu, block_size, c.blocks
         )
-        s = s * maskf
-        loss_new, gram_new, g_new, blocks_new = evaluate(c.delta + s)
+        velocity = system.solve(-c.g) * maskf
+        geodesic_ok = True
+        if options.geodesic:
+            # Transtrum & Sethna: the second-order correction along the geodesic,
+            # (G + mu D) a = -J^T r_vv, with the factorisation already at hand; the step is
+            # v + a / 2, taken only if the acceleration is small against the velocity.
+            r_vv = problem.second_directional_derivative(
+                c.delta.reshape(problem.theta.shape), velocity.reshape(problem.theta.shape)
+            )
+            acceleration = system.solve(-(r_vv @ c.jac) * maskf) * maskf
+            root = jnp.sqrt(scale_eff)
+            geodesic_ok = 2 * jnp.linalg.norm(root * acceleration) <= (
+                options.geodesic_ratio * jnp.linalg.norm(root * velocity)
+            )
+            s = velocity + 0.5 * acceleration
+        else:
+            s = velocity
+        loss_new, gram_new, g_new, jac_new, blocks_new = evaluate(c.delta + s)
         # Quadratic model of Phi: Phi + 2 g.s + s^T G s; predicted and actual decrease.
         predicted = -(2 * (c.g @ s) + s @ model_product(c.gram, c.blocks, s))
         actual = c.loss - loss_new
         ratio = actual / predicted
         finite = jnp.isfinite(loss_new) & jnp.all(jnp.isfinite(s))
-        accept = finite & (predicted > 0) & (ratio > 1e-4) & (loss_new < c.loss)
+        accept = finite & geodesic_ok & (predicted > 0) & (ratio > 1e-4) & (loss_new < c.loss)
 
         ratio_safe = jnp.where(accept, ratio, 0.5)
         mu_accept = c.mu * jnp.maximum(1.0 / 3.0, 1 - (2 * ratio_safe - 1) ** 3)
@@ -205,6 +235,7 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
         loss = pick(loss_new, c.loss)
         gram = pick(gram_new, c.gram)
         g = pick(g_new, c.g)
+        jac = None if c.jac is None else pick(jac_new, c.jac)
         blocks = None if c.blocks is None else pick(blocks_new, c.blocks)
 
         # Convergence tests (MINPACK-style, plus absolute/relative loss and gradient).
@@ -230,13 +261,14 @@ def run_snr(problem, mask: jax.Array, options: SNROptions) -> SNRResult:
             loss=loss,
             gram=gram,
             g=g,
+            jac=jac,
             blocks=blocks,
             scale=scale,
             mu=mu,
             nu=nu,
             steps=c.steps + 1,
             accepted=c.accepted + accept.astype(jnp.int32),
-            passes=c.passes + passes_per_eval,
+            passes=c.passes + passes_per_step,
             done=done,
             result=c.result,
             history=history,

@@ -162,6 +162,7 @@ def solve(
     loss_rtol: float = 0.0,
     initial_damping: float = 1e-1,
     record_history: bool = False,
+    geodesic: bool = False,
 ) -> tuple[AION, SolveInfo]:
     r"""Solve ``F(delta) = grad Phi(model + delta) = 0`` by Structured Newton-Raphson.
 
@@ -239,6 +240,7 @@ def solve(
         loss_rtol=float(loss_rtol),
         initial_damping=float(initial_damping),
         record_history=bool(record_history),
+        geodesic=bool(geodesic),
     )
     model_star, info = _solve_jit(model, x, y, mask, options)
     if throw:
