@@ -45,7 +45,6 @@ class SNROptions(NamedTuple):
     record_history: bool = False
     geodesic: bool = False
     geodesic_ratio: float = 0.75
-    damping_update: str = "nielsen"
 
 
 class SNRHistory(NamedTuple):
@@ -226,14 +225,10 @@ def run_snr(
         finite = jnp.isfinite(loss_new) & jnp.all(jnp.isfinite(s))
         accept = finite & geodesic_ok & (predicted > 0) & (ratio > 1e-4) & (loss_new < c.loss)
 
-        if options.damping_update == "nielsen":
-            ratio_safe = jnp.where(accept, ratio, 0.5)
-            mu_accept = c.mu * jnp.maximum(1.0 / 3.0, 1 - (2 * ratio_safe - 1) ** 3)
-            mu = jnp.where(accept, mu_accept, c.mu * c.nu)
-            nu = jnp.where(accept, 2.0, 2 * c.nu).astype(dtype)
-        else:  # "delayed gratification" (Transtrum & Sethna): down by 3, up by 2
-            mu = jnp.where(accept, c.mu / 3.0, c.mu * 2.0)
-            nu = c.nu
+        ratio_safe = jnp.where(accept, ratio, 0.5)
+        mu_accept = c.mu * jnp.maximum(1.0 / 3.0, 1 - (2 * ratio_safe - 1) ** 3)
+        mu = jnp.where(accept, mu_accept, c.mu * c.nu)
+        nu = jnp.where(accept, 2.0, 2 * c.nu).astype(dtype)
 
         pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
         delta = pick(c.delta + s, c.delta)
