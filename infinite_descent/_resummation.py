@@ -20,6 +20,8 @@ an array of shape ``(rank, 4, d', P)``; rank ``j`` owns the contiguous slice
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -64,14 +66,24 @@ def _materialized(fn, *args):
 
 
 def _shifted_terms(theta, delta, basis, x):
-    """Real and imaginary parts of ``exp(z(x; Theta + Delta))`` and the atoms ``psi``."""
+    """Real and imaginary parts of ``exp(z(x; Theta + Delta))`` and the atoms ``psi``.
+
+    With ``basis = exp(z(x; Theta))`` given, the shift ``exp(<a, Delta>)`` carries it to
+    ``Theta + Delta`` (the resummation). With ``basis=None`` the exponentials are evaluated at
+    ``Theta + Delta`` directly, the same numbers without storing an ``N``-sized basis (used
+    when the data are processed in chunks).
+    """
     amplitude = (theta[:, 0] + delta[:, 0])[None]  # (1, r, d', P)
     xs = x[:, None, :, None]  # (N, 1, d, 1)
 
     def exponentials(delta):
-        d = delta[None]
-        shift = complex_exp(d[:, :, 1] * xs, d[:, :, 2] * xs + d[:, :, 3])  # D(Delta)
-        e = basis * shift  # exp(z(x; Theta + Delta)), (N, r, d, P)
+        if basis is None:
+            t = (theta + delta)[None]
+            e = complex_exp(t[:, :, 1] * xs, t[:, :, 2] * xs + t[:, :, 3])
+        else:
+            d = delta[None]
+            shift = complex_exp(d[:, :, 1] * xs, d[:, :, 2] * xs + d[:, :, 3])  # D(Delta)
+            e = basis * shift  # exp(z(x; Theta + Delta)), (N, r, d, P)
         return jnp.real(e), jnp.imag(e)
 
     re, im = _materialized(exponentials, delta)
@@ -82,7 +94,7 @@ def _shifted_terms(theta, delta, basis, x):
 def aion_values(
     theta: Float[Array, "rank 4 dims terms"],
     delta: Float[Array, "rank 4 dims terms"],
-    basis: Complex[Array, "N rank dim terms"],
+    basis: Complex[Array, "N rank dim terms"] | None,
     x: Float[Array, "N dim"],
 ) -> Float[Array, "N rank"]:
     """Each rank's values ``T_j(x_n)`` at ``Theta + Delta`` (no derivatives)."""
@@ -93,7 +105,7 @@ def aion_values(
 def aion_terms(
     theta: Float[Array, "rank 4 dims terms"],
     delta: Float[Array, "rank 4 dims terms"],
-    basis: Complex[Array, "N rank dim terms"],
+    basis: Complex[Array, "N rank dim terms"] | None,
     x: Float[Array, "N dim"],
 ) -> tuple[Float[Array, "N rank"], Float[Array, "N rank 4 dims terms"]]:
     """Each rank at ``Theta + Delta``: its values ``T_j(x_n)`` and their gradient.
@@ -114,21 +126,61 @@ def aion_terms(
     return total, jnp.stack(columns, axis=2)
 
 
+class NormalEquations(NamedTuple):
+    """Sums over the data at one point: what one pass of an SNR iteration produces.
+
+    ``loss = r.r``, ``g = J^T r``, ``diag = diag(J^T J)``; ``gram = J^T J`` (``M x M``),
+    ``rank_grams`` (its ``r`` diagonal blocks, ``(r, m, m)``) and ``jac`` (``J`` itself,
+    ``N x M``) only when asked for.
+    """
+
+    loss: Array
+    g: Array
+    diag: Array
+    gram: Array | None = None
+    rank_grams: Array | None = None
+    jac: Array | None = None
+
+
 class AIONResummation(eqx.Module):
-    """The AION basis precomputed at ``Theta`` over the data, and what follows from it."""
+    """An AION problem over its data: the basis at ``Theta`` and every sum an SNR step needs.
+
+    With ``chunk_size=None`` the basis ``exp(z(x_n; Theta))`` is stored (``N r d P`` complex
+    numbers) and each evaluation applies the shift ``exp(<a, Delta>)``: the resummation. With
+    ``chunk_size=K`` the data are processed ``K`` points at a time in a ``lax.scan`` (padded to
+    a multiple of ``K`` with zero-weight points) and the exponentials are evaluated per chunk
+    at ``Theta + Delta``, so no array grows with ``N`` beyond the data themselves: memory is
+    ``O(M^2 + K M)``. Every method returns sums over the data, so the two give the same numbers
+    up to the order of summation.
+    """
 
     theta: Float[Array, "rank 4 dims terms"]
-    basis: Complex[Array, "N rank dim terms"]
-    x: Float[Array, "N dim"]
-    y: Float[Array, " N"]
+    basis: Complex[Array, "N rank dim terms"] | None
+    x: Float[Array, "..."]  # (N, d), or (chunks, K, d) when chunked
+    y: Float[Array, "..."]  # (N,), or (chunks, K)
+    weight: Float[Array, "chunks K"] | None
+    num_data: int = eqx.field(static=True)
 
-    def __init__(self, model: AION, x: Array, y: Array):
+    def __init__(self, model: AION, x: Array, y: Array, chunk_size: int | None = None):
         self.theta = stack_params(model)
-        self.basis = atom_exponentials(
-            model.alpha[None], model.omega[None], model.phi[None], x[:, None, :]
-        )
-        self.x = x
-        self.y = y
+        self.num_data = x.shape[0]
+        if chunk_size is None or chunk_size >= x.shape[0]:
+            self.basis = atom_exponentials(
+                model.alpha[None], model.omega[None], model.phi[None], x[:, None, :]
+            )
+            self.x, self.y, self.weight = x, y, None
+        else:
+            chunks = -(-x.shape[0] // chunk_size)
+            pad = chunks * chunk_size - x.shape[0]
+            weight = jnp.concatenate([jnp.ones_like(y), jnp.zeros((pad,), y.dtype)])
+            self.x = jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, chunk_size, x.shape[1])
+            self.y = jnp.pad(y, (0, pad)).reshape(chunks, chunk_size)
+            self.weight = weight.reshape(chunks, chunk_size)
+            self.basis = None
+
+    @property
+    def chunked(self) -> bool:
+        return self.weight is not None
 
     @property
     def rank(self) -> int:
@@ -143,63 +195,152 @@ class AIONResummation(eqx.Module):
     def num_params(self) -> int:
         return self.theta.size
 
+    # -- one chunk ----------------------------------------------------------------------------
+
+    def _chunk_terms(self, delta, x, y, w, basis):
+        values, grads = aion_terms(self.theta, delta, basis, x)
+        r = jnp.sum(values, axis=1) - y
+        jac = grads.reshape(grads.shape[0], -1)
+        if w is not None:
+            r, jac = r * w, jac * w[:, None]
+        return values, r, jac
+
+    def _chunk_residuals(self, delta, x, y, w, basis):
+        r = jnp.sum(aion_values(self.theta, delta, basis, x), axis=1) - y
+        return r if w is None else r * w
+
+    def _sum_over_data(self, fn):
+        """``sum_chunks fn(x_c, y_c, w_c, basis_c)`` for a pytree-valued ``fn``."""
+        if not self.chunked:
+            return fn(self.x, self.y, None, self.basis)
+        first = jax.eval_shape(fn, self.x[0], self.y[0], self.weight[0], None)
+        init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
+
+        def body(acc, chunk):
+            x, y, w = chunk
+            return jax.tree.map(jnp.add, acc, fn(x, y, w, None)), None
+
+        return jax.lax.scan(body, init, (self.x, self.y, self.weight))[0]
+
+    # -- what the SNR loop uses --------------------------------------------------------------
+
+    def normal_equations(
+        self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
+    ) -> NormalEquations:
+        """One pass over the data at ``Theta + delta``: ``Phi``, ``J^T r``, ``diag(J^T J)`` and,
+        as asked, ``J^T J``, its per-rank diagonal blocks, or ``J`` itself (unchunked only)."""
+        m = self.block_size
+
+        def fn(x, y, w, basis):
+            _, r, J = self._chunk_terms(delta, x, y, w, basis)
+            out = {"loss": r @ r, "g": r @ J, "diag": jnp.sum(J * J, axis=0)}
+            if gram:
+                out["gram"] = J.T @ J
+            if rank_grams:
+                Jr = J.reshape(J.shape[0], -1, m)
+                out["rank_grams"] = jnp.einsum("nja,njb->jab", Jr, Jr)
+            return out
+
+        sums = self._sum_over_data(fn)
+        full_jac = None
+        if jac:
+            if self.chunked:
+                raise ValueError("the full Jacobian is not formed when the data are chunked")
+            full_jac = self._chunk_terms(delta, self.x, self.y, None, self.basis)[2]
+        return NormalEquations(
+            loss=sums["loss"], g=sums["g"], diag=sums["diag"], gram=sums.get("gram"),
+            rank_grams=sums.get("rank_grams"), jac=full_jac,
+        )
+
+    def gram_matvec(self, delta: Array, v: Array) -> Array:
+        """``J^T (J v)`` at ``Theta + delta`` without forming ``J``: a JVP and a VJP of the
+        residuals per chunk (one pass)."""
+        v = v.reshape(self.theta.shape)
+
+        def fn(x, y, w, basis):
+            def res(d):
+                return self._chunk_residuals(d, x, y, w, basis)
+
+            _, jv = jax.jvp(res, (delta,), (v,))
+            _, pullback = jax.vjp(res, delta)
+            return pullback(jv)[0].reshape(-1)
+
+        return self._sum_over_data(fn)
+
+    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
+        """``J^T r_vv``, with ``r_vv = d^2/dt^2 r(Theta + delta + t v)`` at ``t = 0`` (exact: a
+        JVP of a JVP of the values) and ``J`` in closed form, per chunk (one pass)."""
+        v = v.reshape(self.theta.shape)
+
+        def fn(x, y, w, basis):
+            def along(t):
+                return self._chunk_residuals(delta + t * v, x, y, w, basis)
+
+            def first(t):
+                return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
+
+            zero = jnp.zeros((), delta.dtype)
+            r_vv = jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
+            _, _, J = self._chunk_terms(delta, x, y, w, basis)
+            return r_vv @ J
+
+        return self._sum_over_data(fn)
+
+    def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
+        """Per-rank diagonal blocks of the Jacobian of ``F`` (the Hessian of ``Phi``).
+
+        Built with ``jax.jacfwd`` of one rank's part of ``F`` (``m`` tangents) vmapped over
+        the ranks, shape ``(rank, m, m)``, summed over the data. With ``residual_only=True``
+        the residuals are held fixed, which leaves the residual-weighted part
+        ``2 sum_n r_n Hess T_j(x_n)``; the full block is that plus ``2 J_j^T J_j``. Cost: ``m``
+        forward tangents of one pass over the data per rank.
+        """
+
+        def fn(x, y, w, basis):
+            values = aion_values(self.theta, delta, basis, x)
+            residual = jnp.sum(values, axis=1) - y
+            others = residual[:, None] - values  # residual without rank j's own term
+            weight = jnp.ones_like(y) if w is None else w
+            basis_by_rank = (
+                jnp.zeros((x.shape[0], self.rank, 0)) if basis is None else basis
+            )
+
+            def rank_gradient(delta_j, theta_j, basis_j, others_j):
+                b = None if basis is None else basis_j[:, None]
+                t_j, g_j = aion_terms(theta_j[None], delta_j[None], b, x)
+                t_j = t_j[:, 0]
+                r = weight * (others_j + (jax.lax.stop_gradient(t_j) if residual_only else t_j))
+                return 2 * (r @ (weight[:, None] * g_j.reshape(g_j.shape[0], -1)))
+
+            def block(delta_j, theta_j, basis_j, others_j):
+                return jax.jacfwd(
+                    lambda dj: rank_gradient(
+                        dj.reshape(delta_j.shape), theta_j, basis_j, others_j
+                    )
+                )(delta_j.reshape(-1))
+
+            return jax.vmap(block, in_axes=(0, 0, 1, 1))(delta, self.theta, basis_by_rank, others)
+
+        return self._sum_over_data(fn)
+
+    # -- the full vectors, for the public F and the tests (unchunked) --------------------------
+
     def rank_terms(self, delta: Array) -> tuple[Array, Array]:
         """Per-rank values ``(N, r)`` and gradients ``(N, r, 4, d', P)`` at ``Theta + delta``."""
         return aion_terms(self.theta, delta, self.basis, self.x)
 
     def residuals(self, delta: Array) -> Array:
         """Residuals ``f(x_n) - y_n`` at ``Theta + delta`` (values only)."""
-        return jnp.sum(aion_values(self.theta, delta, self.basis, self.x), axis=1) - self.y
-
-    def second_directional_derivative(self, delta: Array, direction: Array) -> Array:
-        """``d^2/dt^2 r(Theta + delta + t v)`` at ``t = 0``: one pass over the data
-        (a JVP of a JVP of the values), exact."""
-
-        def along(t):
-            return self.residuals(delta + t * direction)
-
-        def first(t):
-            return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
-
-        zero = jnp.zeros((), delta.dtype)
-        return jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
+        return self._chunk_residuals(delta, self.x, self.y, None, self.basis)
 
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         """Residuals ``f(x_n) - y_n`` and the Jacobian of ``f``, ``(N, M)`` rank-major."""
-        values, grads = self.rank_terms(delta)
-        return jnp.sum(values, axis=1) - self.y, grads.reshape(grads.shape[0], -1)
+        _, r, jac = self._chunk_terms(delta, self.x, self.y, None, self.basis)
+        return r, jac
 
     def gradient(self, delta: Array) -> Array:
         """``F(delta) = grad Phi(Theta + delta) = 2 J^T r``, stacked like ``theta``."""
-        r, jac = self.residual_and_jacobian(delta)
-        return (2 * (r @ jac)).reshape(self.theta.shape)
-
-    def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
-        """Per-rank diagonal blocks of the Jacobian of ``F`` (the Hessian of ``Phi``).
-
-        Built with ``jax.jacfwd`` of one rank's part of ``F`` (``m`` tangents) vmapped over
-        the ranks, shape ``(rank, m, m)``. With ``residual_only=True`` the residuals are held
-        fixed, which leaves the residual-weighted part ``2 sum_n r_n Hess T_j(x_n)``; the full
-        block is that plus ``2 J_j^T J_j``. Cost: ``m`` forward tangents of one pass over the
-        data per rank.
-        """
-        values, _ = self.rank_terms(delta)
-        residual = jnp.sum(values, axis=1) - self.y
-        others = residual[:, None] - values  # residual without rank j's own term
-
-        def rank_gradient(delta_j, theta_j, basis_j, others_j):
-            t_j, g_j = aion_terms(theta_j[None], delta_j[None], basis_j[:, None], self.x)
-            t_j = t_j[:, 0]
-            r = others_j + (jax.lax.stop_gradient(t_j) if residual_only else t_j)
-            return 2 * (r @ g_j.reshape(g_j.shape[0], -1))
-
-        def block(delta_j, theta_j, basis_j, others_j):
-            flat = jax.jacfwd(
-                lambda dj: rank_gradient(dj.reshape(delta_j.shape), theta_j, basis_j, others_j)
-            )(delta_j.reshape(-1))
-            return flat
-
-        return jax.vmap(block, in_axes=(0, 0, 1, 1))(delta, self.theta, self.basis, others)
+        return (2 * self.normal_equations(delta, gram=False).g).reshape(self.theta.shape)
 
 
 class ResummedResidual(eqx.Module):

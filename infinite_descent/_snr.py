@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from ._linear_solve import DampedSystem
+from ._resummation import NormalEquations
 from ._solution import RESULTS
 
 
@@ -71,10 +72,7 @@ class SNRResult(NamedTuple):
 
 class _Carry(NamedTuple):
     delta: jax.Array
-    loss: jax.Array
-    gram: jax.Array
-    g: jax.Array
-    jac: jax.Array | None
+    eq: NormalEquations
     blocks: jax.Array | None
     scale: jax.Array
     mu: jax.Array
@@ -108,54 +106,53 @@ def run_snr(
     batch of solves can each start from their own damping.
     """
     theta = problem.theta.reshape(-1)
+    shape = problem.theta.shape
     dtype = theta.dtype
     num_params = theta.shape[0]
     block_size = problem.block_size
-    ranks = num_params // block_size
+    strategy = options.linear_solver
     use_blocks = options.hessian == "exact"
     xtol, ftol = _default_tolerances(dtype, options)
     tiny = jnp.finfo(dtype).tiny
     maskf = mask.astype(dtype)
+    # Passes over the data: one per evaluation (two with the residual blocks, which are a
+    # separate jacfwd sweep); geodesic acceleration adds one per iteration (J^T r_vv); CG adds
+    # one per matrix-vector product, counted as it runs.
     passes_per_eval = 2 if use_blocks else 1
-    # Geodesic acceleration costs one more pass per iteration: the second directional
-    # derivative of the residuals along the velocity step.
     passes_per_step = passes_per_eval + (1 if options.geodesic else 0)
     mu0 = jnp.asarray(
         options.initial_damping if initial_damping is None else initial_damping, dtype
     )
 
     def evaluate(delta):
-        r, jac = problem.residual_and_jacobian(delta.reshape(problem.theta.shape))
-        loss = r @ r
-        # Frozen parameters: zero their rows and columns of J^T J and their gradient (M^2
-        # work, not N M), so the damped system gives them a zero step.
-        gram = (jac.T @ jac) * (maskf[:, None] * maskf[None, :])
-        g = (r @ jac) * maskf
+        d = delta.reshape(shape)
+        eq = problem.normal_equations(
+            d, gram=strategy in ("dense", "block"), rank_grams=strategy == "cg",
+            jac=strategy == "woodbury",
+        )
+        # Frozen parameters get zero gradient (and are masked out of the systems), so the
+        # damped system gives them a zero step.
+        eq = eq._replace(g=eq.g * maskf, diag=eq.diag * maskf)
         blocks = None
         if use_blocks:
-            m = maskf.reshape(ranks, block_size)
-            blocks = 0.5 * problem.rank_blocks(
-                delta.reshape(problem.theta.shape), residual_only=True
-            )
+            m = maskf.reshape(-1, block_size)
+            blocks = 0.5 * problem.rank_blocks(d, residual_only=True)
             blocks = blocks * (m[:, :, None] * m[:, None, :])
-        return loss, gram, g, (jac if options.geodesic else None), blocks
-
-    def model_product(gram, blocks, s):
-        gs = gram @ s
-        if blocks is not None:
-            gs = gs + jnp.einsum("jab,jb->ja", blocks, s.reshape(ranks, block_size)).reshape(-1)
-        return gs
+        return eq, blocks
 
     data_ok = jnp.all(jnp.isfinite(problem.x)) & jnp.all(jnp.isfinite(problem.y))
     delta0 = jnp.zeros_like(theta)
-    loss0, gram0, g0, jac0, blocks0 = evaluate(delta0)
-    start_ok = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(gram0)) & jnp.all(jnp.isfinite(g0))
+    eq0, blocks0 = evaluate(delta0)
+    loss0 = eq0.loss
+    start_ok = jnp.isfinite(loss0) & jnp.all(jnp.isfinite(eq0.g)) & jnp.all(
+        jnp.isfinite(eq0.diag)
+    )
     result0 = RESULTS.where(
         data_ok,
         RESULTS.where(start_ok, RESULTS.successful, RESULTS.nonfinite_start),
         RESULTS.nonfinite_data,
     )
-    grad0 = 2 * jnp.max(jnp.abs(g0))
+    grad0 = 2 * jnp.max(jnp.abs(eq0.g))
     loss_target = options.loss_atol + options.loss_rtol * loss0
     grad_target = options.grad_atol + options.grad_rtol * grad0
 
@@ -175,18 +172,15 @@ def run_snr(
 
     init = _Carry(
         delta=delta0,
-        loss=loss0,
-        gram=gram0,
-        g=g0,
-        jac=jac0,
+        eq=eq0,
         blocks=blocks0,
-        scale=jnp.diagonal(gram0),
+        scale=eq0.diag,
         mu=mu0,
         nu=jnp.asarray(2.0, dtype),
         steps=jnp.asarray(0, jnp.int32),
         accepted=jnp.asarray(0, jnp.int32),
         passes=jnp.asarray(passes_per_eval, jnp.int32),
-        done=~(data_ok & start_ok) | converged_at(loss0, g0) | ~jnp.any(mask),
+        done=~(data_ok & start_ok) | converged_at(loss0, eq0.g) | ~jnp.any(mask),
         result=result0,
         history=history0,
     )
@@ -195,47 +189,54 @@ def run_snr(
         return ~c.done & (c.steps < options.max_steps)
 
     def body(c: _Carry) -> _Carry:
-        scale = jnp.maximum(c.scale, jnp.diagonal(c.gram))
+        scale = jnp.maximum(c.scale, c.eq.diag)  # More's scaling: the running maximum
         scale_eff = jnp.maximum(scale, jnp.finfo(dtype).eps * jnp.max(scale) + tiny)
+        delta_shaped = c.delta.reshape(shape)
         system = DampedSystem(
-            options.linear_solver, c.gram, scale_eff, c.mu, block_size, c.blocks
+            strategy, c.eq, scale_eff, c.mu, block_size, maskf, c.blocks,
+            problem=problem, delta=delta_shaped,
         )
-        velocity = system.solve(-c.g) * maskf
+        velocity, passes = system.solve(-c.eq.g)
+        velocity = velocity * maskf
         geodesic_ok = True
+        g_effective = c.eq.g  # (G + mu D) s = -g_effective, for CG's model product
         if options.geodesic:
             # Transtrum & Sethna: the second-order correction along the geodesic,
-            # (G + mu D) a = -J^T r_vv, with the factorisation already at hand; the step is
+            # (G + mu D) a = -J^T r_vv, with the system already at hand; the step is
             # v + a / 2, taken only if the acceleration is small against the velocity.
-            r_vv = problem.second_directional_derivative(
-                c.delta.reshape(problem.theta.shape), velocity.reshape(problem.theta.shape)
-            )
-            acceleration = system.solve(-(r_vv @ c.jac) * maskf) * maskf
+            h = problem.geodesic_rhs(delta_shaped, velocity) * maskf
+            acceleration, more = system.solve(-h)
+            acceleration = acceleration * maskf
+            passes = passes + more
             root = jnp.sqrt(scale_eff)
             geodesic_ok = 2 * jnp.linalg.norm(root * acceleration) <= (
                 options.geodesic_ratio * jnp.linalg.norm(root * velocity)
             )
             s = velocity + 0.5 * acceleration
+            g_effective = c.eq.g + 0.5 * h
         else:
             s = velocity
-        loss_new, gram_new, g_new, jac_new, blocks_new = evaluate(c.delta + s)
+        eq_new, blocks_new = evaluate(c.delta + s)
+        loss_new = eq_new.loss
         # Quadratic model of Phi: Phi + 2 g.s + s^T G s; predicted and actual decrease.
-        predicted = -(2 * (c.g @ s) + s @ model_product(c.gram, c.blocks, s))
-        actual = c.loss - loss_new
+        predicted = -(2 * (c.eq.g @ s) + s @ system.model_product(s, g_effective))
+        actual = c.eq.loss - loss_new
         ratio = actual / predicted
         finite = jnp.isfinite(loss_new) & jnp.all(jnp.isfinite(s))
-        accept = finite & geodesic_ok & (predicted > 0) & (ratio > 1e-4) & (loss_new < c.loss)
+        accept = (
+            finite & geodesic_ok & (predicted > 0) & (ratio > 1e-4) & (loss_new < c.eq.loss)
+        )
 
         ratio_safe = jnp.where(accept, ratio, 0.5)
         mu_accept = c.mu * jnp.maximum(1.0 / 3.0, 1 - (2 * ratio_safe - 1) ** 3)
         mu = jnp.where(accept, mu_accept, c.mu * c.nu)
         nu = jnp.where(accept, 2.0, 2 * c.nu).astype(dtype)
 
-        pick = lambda new, old: jnp.where(accept, new, old)  # noqa: E731
+        def pick(new, old):
+            return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
+
         delta = pick(c.delta + s, c.delta)
-        loss = pick(loss_new, c.loss)
-        gram = pick(gram_new, c.gram)
-        g = pick(g_new, c.g)
-        jac = None if c.jac is None else pick(jac_new, c.jac)
+        eq = pick(eq_new, c.eq)
         blocks = None if c.blocks is None else pick(blocks_new, c.blocks)
 
         # Convergence tests (MINPACK-style, plus absolute/relative loss and gradient).
@@ -244,31 +245,28 @@ def run_snr(
         # MINPACK's test: both the actual and the predicted relative decrease are negligible
         # (for a rejected step too: then the actual change is rounding noise).
         decrease_small = (
-            finite & (jnp.abs(actual) <= ftol * c.loss) & (predicted <= ftol * c.loss)
+            finite & (jnp.abs(actual) <= ftol * c.eq.loss) & (predicted <= ftol * c.eq.loss)
         )
-        done = step_small | decrease_small | converged_at(loss, g)
+        done = step_small | decrease_small | converged_at(eq.loss, eq.g)
         history = c.history
         if history is not None:
             k = c.steps + 1
             history = SNRHistory(
-                loss=history.loss.at[k].set(loss),
+                loss=history.loss.at[k].set(eq.loss),
                 delta=history.delta.at[k].set(delta),
                 damping=history.damping.at[k].set(mu),
                 accepted=history.accepted.at[k].set(accept),
             )
         return _Carry(
             delta=delta,
-            loss=loss,
-            gram=gram,
-            g=g,
-            jac=jac,
+            eq=eq,
             blocks=blocks,
             scale=scale,
             mu=mu,
             nu=nu,
             steps=c.steps + 1,
             accepted=c.accepted + accept.astype(jnp.int32),
-            passes=c.passes + passes_per_step,
+            passes=c.passes + passes_per_step + passes,
             done=done,
             result=c.result,
             history=history,
@@ -282,9 +280,9 @@ def run_snr(
     )
     return SNRResult(
         delta=final.delta,
-        loss=final.loss,
+        loss=final.eq.loss,
         initial_loss=loss0,
-        grad_norm=2 * jnp.max(jnp.abs(final.g)),
+        grad_norm=2 * jnp.max(jnp.abs(final.eq.g)),
         inner_steps=final.steps,
         accepted_steps=final.accepted,
         data_passes=final.passes,

@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_data, check_params_finite
-from ._linear_solve import resolve_linear_solver
+from ._linear_solve import default_chunk_size, resolve_linear_solver
 from ._models._aion import AION
 from ._resummation import AIONResummation, ResummedResidual, stack_params, unstack_params
 from ._snr import SNROptions, run_snr
@@ -98,11 +98,11 @@ def _no_derivative_jvp(primals, tangents):
 
 
 @eqx.filter_jit
-def _solve_jit(model, x, y, mask, options: SNROptions):
+def _solve_jit(model, x, y, mask, options: SNROptions, chunk_size: int | None = None):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     params, x, y = _no_derivative((params, x, y))
     model = eqx.combine(params, static)
-    problem = AIONResummation(model, x, y)
+    problem = AIONResummation(model, x, y, chunk_size=chunk_size)
     out = run_snr(problem, mask, options)
     theta_star = problem.theta + out.delta.reshape(problem.theta.shape)
     model_star = unstack_params(theta_star, model)
@@ -163,6 +163,7 @@ def solve(
     initial_damping: float = 1e-1,
     record_history: bool = False,
     geodesic: bool = False,
+    chunk_size: int | str | None = "auto",
 ) -> tuple[AION, SolveInfo]:
     r"""Solve ``F(delta) = grad Phi(model + delta) = 0`` by Structured Newton-Raphson.
 
@@ -226,7 +227,22 @@ def solve(
     tolerances = dict(xtol=xtol, ftol=ftol, grad_atol=grad_atol, grad_rtol=grad_rtol,
                       loss_atol=loss_atol, loss_rtol=loss_rtol, initial_damping=initial_damping)
     _check_options(max_steps, hessian, tolerances)
-    strategy = resolve_linear_solver(linear_solver, x.shape[0], 4 * model.A.size)
+    num_params = 4 * model.A.size
+    itemsize = jnp.dtype(model.dtype).itemsize
+    if chunk_size == "auto":
+        chunk_size = default_chunk_size(x.shape[0], num_params, itemsize)
+    elif chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
+        raise ValueError(
+            f"solve: `chunk_size` must be 'auto', None or a positive integer, got {chunk_size!r}."
+        )
+    if chunk_size is not None and chunk_size >= x.shape[0]:
+        chunk_size = None
+    strategy = resolve_linear_solver(
+        linear_solver, x.shape[0], num_params, itemsize, chunked=chunk_size is not None
+    )
     mask = _trainable_mask(model, trainable)
     options = SNROptions(
         max_steps=int(max_steps),
@@ -242,7 +258,9 @@ def solve(
         record_history=bool(record_history),
         geodesic=bool(geodesic),
     )
-    model_star, info = _solve_jit(model, x, y, mask, options)
+    model_star, info = _solve_jit(
+        model, x, y, mask, options, None if chunk_size is None else int(chunk_size)
+    )
     if throw:
         model_star = info.result.error_if(model_star, ~info.converged)
     return model_star, info
