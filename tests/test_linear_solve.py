@@ -1,0 +1,165 @@
+"""The step's strategies agree where they are exact; chunks and shards change nothing."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import infinite_descent as idn
+from infinite_descent._linear_solve import DampedSystem, default_chunk_size, resolve_linear_solver
+from infinite_descent._resummation import AIONResummation
+
+CASES = [(2, 3, 2, 40), (3, 2, 2, 200), (1, 2, 2, 30)]  # N < M, N > M, one rank
+
+
+def _point(case, near_fit):
+    rank, dim, terms, n = case
+    k1, k2, k3 = jax.random.split(jax.random.key(sum(case)), 3)
+    model = idn.AION(rank, dim, terms, key=k1)
+    x = jax.random.uniform(k2, (n, dim), minval=-1.0, maxval=1.0)
+    # Near a fit the residual-weighted blocks are small and every system is definite.
+    y = jax.vmap(model)(x) + (1e-3 if near_fit else 1.0) * jnp.sin(3 * x[:, 0])
+    problem = AIONResummation(model, x, y)
+    chunked = AIONResummation(model, x, y, chunk_size=7)
+    delta = 0.02 * jax.random.normal(k3, problem.theta.shape)
+    return problem, chunked, delta
+
+
+def _step(strategy, problem, delta, blocks, mu):
+    eq = problem.normal_equations(
+        delta, gram=strategy in ("dense", "block"), rank_grams=strategy == "cg",
+        jac=strategy == "woodbury",
+    )
+    mask = jnp.ones(problem.num_params)
+    system = DampedSystem(strategy, eq, eq.diag, jnp.asarray(mu), problem.block_size, mask,
+                          blocks, problem=problem, delta=delta)
+    step, passes = system.solve(-eq.g)
+    return step, int(passes)
+
+
+def _relative(a, b):
+    return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("hessian", ["gauss_newton", "exact"])
+def test_one_step_is_the_same_for_every_exact_strategy(case, hessian):
+    problem, chunked, delta = _point(case, near_fit=hessian == "exact")
+    blocks = 0.5 * problem.rank_blocks(delta, residual_only=True) if hessian == "exact" else None
+    # Damping large enough that the system with the residual blocks is definite (CG needs it).
+    mu = 1.0 if hessian == "exact" else 1e-2
+    reference, _ = _step("dense", problem, delta, blocks, mu)
+    assert bool(jnp.all(jnp.isfinite(reference)))
+    for strategy, prob in (("woodbury", problem), ("cg", problem), ("cg", chunked),
+                           ("dense", chunked)):
+        step, passes = _step(strategy, prob, delta, blocks, mu)
+        assert _relative(step, reference) < 1e-10, (strategy, prob.chunked)
+        if strategy == "cg":
+            assert passes > 0  # each CG iteration is a pass over the data, and is counted
+    block, _ = _step("block", problem, delta, blocks, mu)
+    if case[0] == 1:
+        assert _relative(block, reference) < 1e-12  # one rank: nothing to decouple
+    else:
+        assert _relative(block, reference) > 1e-3  # the coupling matters
+
+
+def test_chunked_sums_equal_unchunked_sums():
+    problem, chunked, delta = _point((3, 2, 2, 200), near_fit=False)
+    a = problem.normal_equations(delta, rank_grams=True)
+    b = chunked.normal_equations(delta, rank_grams=True)
+    for u, v in ((a.loss, b.loss), (a.g, b.g), (a.gram, b.gram), (a.rank_grams, b.rank_grams),
+                 (a.diag, b.diag)):
+        assert _relative(v, u) < 1e-12
+    v = jax.random.normal(jax.random.key(1), (problem.num_params,))
+    assert _relative(chunked.gram_matvec(delta, v), a.gram @ v) < 1e-12
+    assert _relative(chunked.geodesic_rhs(delta, v), problem.geodesic_rhs(delta, v)) < 1e-10
+    assert _relative(chunked.rank_blocks(delta), problem.rank_blocks(delta)) < 1e-12
+
+
+@pytest.mark.parametrize("linear_solver", ["dense", "cg"])
+def test_chunked_solve_equals_unchunked(linear_solver):
+    k1, k2 = jax.random.split(jax.random.key(7))
+    target = idn.AION(2, 3, 2, key=k1)
+    x = jax.random.uniform(k2, (3000, 3), minval=-1.0, maxval=1.0)
+    y = jax.vmap(target)(x)
+    start = jax.tree.map(lambda a: a * 1.05, target)
+    plain, info = idn.solve(start, x, y, linear_solver=linear_solver, chunk_size=None)
+    chunked, info_c = idn.solve(start, x, y, linear_solver=linear_solver, chunk_size=512)
+    assert int(info.result._value) == int(info_c.result._value)
+    assert float(info.loss) < 1e-20 and float(info_c.loss) < 1e-20
+    f, f_c = jax.vmap(plain)(x), jax.vmap(chunked)(x)
+    assert _relative(f_c, f) < 1e-8
+
+
+def test_every_strategy_solves_the_toy():
+    x, y = idn.problems.paper_toy()
+    start = idn.problems.random_toy_start(jax.random.key(2), shared_dims=False)
+    for linear_solver in ("dense", "woodbury", "cg"):
+        model, info = idn.solve(start, x, y, linear_solver=linear_solver)
+        assert info.linear_solver == linear_solver
+        assert float(info.loss) < 1e-20
+    model, info = idn.solve(start, x, y, linear_solver="cg", chunk_size=100)
+    assert float(info.loss) < 1e-20
+    assert int(info.data_passes) > 2 * int(info.inner_steps)  # CG's products are counted
+
+
+def test_auto_choices():
+    assert resolve_linear_solver("auto", 10_000, 128) == "dense"
+    assert resolve_linear_solver("auto", 100, 1000) == "woodbury"
+    assert resolve_linear_solver("auto", 100, 1000, chunked=True) == "dense"
+    assert resolve_linear_solver("auto", 10_000, 4096) == "cg"
+    assert resolve_linear_solver("cg", 10, 10) == "cg"
+    with pytest.raises(ValueError, match="woodbury"):
+        resolve_linear_solver("woodbury", 100, 1000, chunked=True)
+    assert default_chunk_size(1000, 100) is None
+    k = default_chunk_size(10**12, 128)
+    assert k is not None and k % 1024 == 0 and k * 128 * 8 <= 2**63
+    x, y = idn.problems.paper_toy()
+    _, info = idn.solve(idn.problems.paper_toy_start(), x, y)
+    assert info.linear_solver == "dense"
+    with pytest.raises(ValueError, match="chunk_size"):
+        idn.solve(idn.problems.paper_toy_start(), x, y, chunk_size=0)
+
+
+SHARDED = textwrap.dedent("""
+    import os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax, numpy as np
+    jax.config.update("jax_enable_x64", True)
+    import jax.numpy as jnp
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    import infinite_descent as idn
+    assert len(jax.devices()) == 4
+    k1, k2 = jax.random.split(jax.random.key(0))
+    target = idn.AION(2, 3, 2, key=k1)
+    x = jax.random.uniform(k2, (4000, 3), minval=-1, maxval=1)
+    y = jax.vmap(target)(x)
+    start = jax.tree.map(lambda a: a * 1.05, target)
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    xs = jax.device_put(x, NamedSharding(mesh, P("data", None)))
+    ys = jax.device_put(y, NamedSharding(mesh, P("data")))
+    for linear_solver in ("dense", "cg"):
+        m1, i1 = idn.solve(start, x, y, linear_solver=linear_solver)
+        m2, i2 = idn.solve(start, xs, ys, linear_solver=linear_solver)
+        assert int(i1.result._value) == int(i2.result._value) == 0
+        assert float(i1.loss) < 1e-20 and float(i2.loss) < 1e-20
+        f1, f2 = jax.vmap(m1)(x), jax.vmap(m2)(x)
+        assert float(jnp.linalg.norm(f1 - f2) / jnp.linalg.norm(f1)) < 1e-9
+    text = jax.jit(lambda m, x, y: idn.solve(m, x, y, throw=False)).lower(start, xs, ys)
+    text = text.compile().as_text()
+    assert "all-reduce" in text and "f64[1000,3]" in text  # per-device sums, combined by XLA
+    print("ok")
+""")
+
+
+def test_data_sharded_over_four_cpu_devices_gives_the_same_solve():
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    out = subprocess.run([sys.executable, "-c", SHARDED], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().endswith("ok")
