@@ -6,6 +6,7 @@ directly, through its exact resummation, with a stabilised Structured Newton-Rap
 Public names:
 
 - :class:`AION`: the model (an ``equinox.Module``).
+- :class:`GridData`: tensor-grid data, accepted wherever ``x, y`` are.
 - :func:`resummed_residual`: ``F(delta) = grad Phi(model + delta)`` as a pure function.
 - :func:`solve`: the SNR solve, ``(model_star, info)``.
 - :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
@@ -15,6 +16,7 @@ Public names:
 """
 
 from . import problems
+from ._grid import GridData
 from ._models import AION
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import resummed_residual, solve
@@ -24,6 +26,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AION",
+    "GridData",
     "RESULTS",
     "SolveHistory",
     "SolveInfo",

@@ -83,6 +83,44 @@ def check_data(model: AION, x, y, caller: str):
     return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
 
 
+def check_grid(model: AION, grid, y, caller: str):
+    """Validate :class:`GridData` (``y`` must then be omitted); cast to the model dtype."""
+    from ._grid import GridData
+
+    check_model(model, caller)
+    if y is not None:
+        raise TypeError(
+            f"{caller}: with GridData the targets live in the grid (`GridData(axes, y)`); "
+            "do not pass `y` as well."
+        )
+    if len(grid.axes) != model.dim:
+        raise ValueError(
+            f"{caller}: the grid has {len(grid.axes)} axes but the model has dim={model.dim}."
+        )
+    axes = []
+    for i, axis in enumerate(grid.axes):
+        axis = _as_real_array(axis, f"axes[{i}]", caller)
+        if axis.ndim != 1 or axis.shape[0] == 0:
+            raise ValueError(
+                f"{caller}: `axes[{i}]` must be a non-empty one-dimensional array, got shape "
+                f"{tuple(axis.shape)}."
+            )
+        axes.append(axis)
+    values = _as_real_array(grid.y, "y", caller)
+    shape = tuple(int(a.shape[0]) for a in axes)
+    if tuple(values.shape) != shape:
+        raise ValueError(
+            f"{caller}: the grid's `y` must have shape {shape} (one value per grid point), got "
+            f"{tuple(values.shape)}."
+        )
+    if is_concrete(values, *axes):
+        for name, a in [("y", values)] + [(f"axes[{i}]", a) for i, a in enumerate(axes)]:
+            if not np.all(np.isfinite(np.asarray(a))):
+                raise ValueError(f"{caller}: the grid's `{name}` contains NaN or Inf values.")
+    dtype = model.dtype
+    return GridData(tuple(jnp.asarray(a, dtype) for a in axes), jnp.asarray(values, dtype))
+
+
 def check_params_finite(model: AION, caller: str) -> None:
     leaves = (model.A, model.alpha, model.omega, model.phi)
     if is_concrete(*leaves):

@@ -182,6 +182,9 @@ class AIONResummation(eqx.Module):
     def chunked(self) -> bool:
         return self.weight is not None
 
+    def data_finite(self) -> Array:
+        return jnp.all(jnp.isfinite(self.x)) & jnp.all(jnp.isfinite(self.y))
+
     @property
     def rank(self) -> int:
         return self.theta.shape[0]
@@ -356,7 +359,7 @@ class ResummedResidual(eqx.Module):
     ``A, alpha, omega, phi`` and, within each, row-major over ``(dims, terms)``).
     """
 
-    resummation: AIONResummation
+    resummation: AIONResummation  # or a GridResummation for grid data
     structure: AION  # the filtered model, used as the template for inputs and outputs
 
     # Each method is compiled once per shape (eqx.filter_jit), so that calling F eagerly is
@@ -368,8 +371,7 @@ class ResummedResidual(eqx.Module):
     @eqx.filter_jit
     def loss(self, delta) -> Array:
         """``Phi = sum_n (f(x_n) - y_n)^2`` at ``model + delta``."""
-        r, _ = self.resummation.residual_and_jacobian(stack_params(delta))
-        return jnp.sum(r * r)
+        return self.resummation.normal_equations(stack_params(delta), gram=False).loss
 
     @eqx.filter_jit
     def rank_blocks(self, delta) -> Array:

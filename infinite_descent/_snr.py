@@ -140,7 +140,7 @@ def run_snr(
             blocks = blocks * (m[:, :, None] * m[:, None, :])
         return eq, blocks
 
-    data_ok = jnp.all(jnp.isfinite(problem.x)) & jnp.all(jnp.isfinite(problem.y))
+    data_ok = problem.data_finite()
     delta0 = jnp.zeros_like(theta)
     eq0, blocks0 = evaluate(delta0)
     loss0 = eq0.loss

@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_data, check_params_finite
+from ._checks import check_data, check_grid, check_params_finite
+from ._grid import GridData, GridResummation
 from ._linear_solve import default_chunk_size, resolve_linear_solver
 from ._models._aion import AION
 from ._resummation import AIONResummation, ResummedResidual, stack_params, unstack_params
@@ -19,7 +20,7 @@ from ._solution import RESULTS, SolveHistory, SolveInfo
 HESSIANS = ("gauss_newton", "exact")
 
 
-def resummed_residual(model: AION, x, y) -> ResummedResidual:
+def resummed_residual(model: AION, x, y=None) -> ResummedResidual:
     """The resummed residual ``F(delta) = grad Phi(model + delta)``.
 
     ``Phi(Theta) = sum_n (f(x_n; Theta) - y_n)^2`` (no 1/2, no mean). The basis
@@ -31,7 +32,7 @@ def resummed_residual(model: AION, x, y) -> ResummedResidual:
 
     - ``model``: an :class:`AION` at ``Theta``.
     - ``x``: inputs, shape ``(N, dim)``; ``y``: targets, shape ``(N,)``. Real floating arrays,
-      cast to the model's dtype.
+      cast to the model's dtype. Or ``x`` a :class:`GridData` and no ``y``.
 
     **Returns** a pure function (an ``eqx.Module``) ``F``: ``F(delta)`` takes ``delta`` shaped
     like ``eqx.filter(model, eqx.is_inexact_array)`` and returns ``grad Phi`` at
@@ -44,9 +45,13 @@ def resummed_residual(model: AION, x, y) -> ResummedResidual:
     grad_at_start = F(zero)
     ```
     """
-    x, y = check_data(model, x, y, "resummed_residual")
+    if isinstance(x, GridData):
+        problem = GridResummation(model, check_grid(model, x, y, "resummed_residual"))
+    else:
+        x, y = check_data(model, x, y, "resummed_residual")
+        problem = AIONResummation(model, x, y)
     return ResummedResidual(
-        resummation=AIONResummation(model, x, y),
+        resummation=problem,
         structure=eqx.filter(model, eqx.is_inexact_array),
     )
 
@@ -102,7 +107,10 @@ def _solve_jit(model, x, y, mask, options: SNROptions, chunk_size: int | None = 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     params, x, y = _no_derivative((params, x, y))
     model = eqx.combine(params, static)
-    problem = AIONResummation(model, x, y, chunk_size=chunk_size)
+    if isinstance(x, GridData):
+        problem = GridResummation(model, x)
+    else:
+        problem = AIONResummation(model, x, y, chunk_size=chunk_size)
     out = run_snr(problem, mask, options)
     theta_star = problem.theta + out.delta.reshape(problem.theta.shape)
     model_star = unstack_params(theta_star, model)
@@ -147,7 +155,7 @@ def _check_options(max_steps, hessian, tolerances) -> None:
 def solve(
     model: AION,
     x,
-    y,
+    y=None,
     *,
     max_steps: int = 256,
     linear_solver: str = "auto",
@@ -182,7 +190,9 @@ def solve(
     **Arguments:**
 
     - ``model``: the :class:`AION` to start from.
-    - ``x``: inputs, shape ``(N, dim)``; ``y``: targets, shape ``(N,)``.
+    - ``x``: inputs, shape ``(N, dim)``; ``y``: targets, shape ``(N,)``. Or ``x`` a
+      :class:`GridData` (tensor-grid data) and no ``y``: the model evaluation and ``J^T J``
+      then cost in proportion to the sum of the grid sizes, not their product.
     - ``max_steps``: bound on the inner iterations.
     - ``linear_solver``: ``"auto"`` (now: ``"dense"``), ``"dense"`` (the exact damped step,
       one ``M x M`` Cholesky) or ``"block"`` (the paper's block-diagonal step, which drops the
@@ -222,7 +232,16 @@ def solve(
     print(info.loss, info.inner_steps, info.data_passes)
     ```
     """
-    x, y = check_data(model, x, y, "solve")
+    grid = isinstance(x, GridData)
+    if grid:
+        x = check_grid(model, x, y, "solve")
+        num_data = x.num_points
+        if chunk_size not in ("auto", None):
+            raise ValueError("solve: `chunk_size` does not apply to GridData.")
+        chunk_size = None
+    else:
+        x, y = check_data(model, x, y, "solve")
+        num_data = x.shape[0]
     check_params_finite(model, "solve")
     tolerances = dict(xtol=xtol, ftol=ftol, grad_atol=grad_atol, grad_rtol=grad_rtol,
                       loss_atol=loss_atol, loss_rtol=loss_rtol, initial_damping=initial_damping)
@@ -230,7 +249,7 @@ def solve(
     num_params = 4 * model.A.size
     itemsize = jnp.dtype(model.dtype).itemsize
     if chunk_size == "auto":
-        chunk_size = default_chunk_size(x.shape[0], num_params, itemsize)
+        chunk_size = default_chunk_size(num_data, num_params, itemsize)
     elif chunk_size is not None and (
         isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
         or chunk_size < 1
@@ -238,10 +257,10 @@ def solve(
         raise ValueError(
             f"solve: `chunk_size` must be 'auto', None or a positive integer, got {chunk_size!r}."
         )
-    if chunk_size is not None and chunk_size >= x.shape[0]:
+    if chunk_size is not None and chunk_size >= num_data:
         chunk_size = None
     strategy = resolve_linear_solver(
-        linear_solver, x.shape[0], num_params, itemsize, chunked=chunk_size is not None
+        linear_solver, num_data, num_params, itemsize, chunked=chunk_size is not None
     )
     mask = _trainable_mask(model, trainable)
     options = SNROptions(

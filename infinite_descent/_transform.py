@@ -80,9 +80,12 @@ def solve_once(**solve_options) -> optax.GradientTransformationExtraArgs:
         del updates, extra_args
         if params is None:
             raise TypeError("solve_once.update: `params` (the model) is required.")
-        if x is None or y is None:
+        from ._grid import GridData
+
+        if x is None or (y is None and not isinstance(x, GridData)):
             raise TypeError(
-                "solve_once.update: pass the data as keywords, `update(..., x=x, y=y)`."
+                "solve_once.update: pass the data as keywords, `update(..., x=x, y=y)` (or "
+                "`x=GridData(...)` alone)."
             )
         model = check_model(params, "solve_once.update")
         solved, info = solve(model, x, y, **solve_options)
