@@ -46,6 +46,7 @@ class SNROptions(NamedTuple):
     record_history: bool = False
     geodesic: bool = False
     geodesic_ratio: float = 0.75
+    verbose: bool = False
 
 
 class SNRHistory(NamedTuple):
@@ -248,6 +249,15 @@ def run_snr(
             finite & (jnp.abs(actual) <= ftol * c.eq.loss) & (predicted <= ftol * c.eq.loss)
         )
         done = step_small | decrease_small | converged_at(eq.loss, eq.g)
+        if options.verbose:
+            # Printed from inside jit; traced only when asked for, so free when off.
+            jax.debug.print(
+                "SNR {k:4d}  Phi {loss:.6e}  max|grad| {grad:.3e}  damping {mu:.2e}  "
+                "accepted {accepted}  (candidate Phi {cand:.6e}, gain ratio {ratio:.3f})",
+                k=c.steps + 1, loss=eq.loss, grad=2 * jnp.max(jnp.abs(eq.g)), mu=mu,
+                accepted=accept, cand=loss_new, ratio=ratio,
+                ordered=True,
+            )
         history = c.history
         if history is not None:
             k = c.steps + 1

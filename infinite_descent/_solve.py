@@ -172,6 +172,7 @@ def solve(
     record_history: bool = False,
     geodesic: bool = False,
     chunk_size: int | str | None = "auto",
+    verbose: bool = False,
 ) -> tuple[AION, SolveInfo]:
     r"""Solve ``F(delta) = grad Phi(model + delta) = 0`` by Structured Newton-Raphson.
 
@@ -194,9 +195,17 @@ def solve(
       :class:`GridData` (tensor-grid data) and no ``y``: the model evaluation and ``J^T J``
       then cost in proportion to the sum of the grid sizes, not their product.
     - ``max_steps``: bound on the inner iterations.
-    - ``linear_solver``: ``"auto"`` (now: ``"dense"``), ``"dense"`` (the exact damped step,
-      one ``M x M`` Cholesky) or ``"block"`` (the paper's block-diagonal step, which drops the
-      cross-rank coupling: a block-Jacobi approximation, kept to be measured as what it is).
+    - ``linear_solver``: how each damped system is solved (reported in ``info``):
+        - ``"dense"``: ``J^T J`` accumulated over the data, one ``M x M`` Cholesky; the exact
+          damped step with the cross-rank coupling. ``O(N M^2 + M^3)``.
+        - ``"woodbury"``: the push-through identity, an ``N x N`` system; exact, cheaper when
+          ``N < M``. Needs ``J`` in memory (no chunks).
+        - ``"cg"``: matrix-free conjugate gradients, each product a JVP and a VJP over the
+          data (counted as passes), preconditioned by the per-rank blocks; for large ``M``.
+        - ``"block"``: the paper's block-diagonal step, which drops the cross-rank coupling (a
+          block-Jacobi approximation, kept to be measured as what it is).
+        - ``"auto"`` (default): ``"cg"`` above 2048 parameters, ``"woodbury"`` when
+          ``N < M`` and ``J`` fits in memory, else ``"dense"``.
     - ``hessian``: ``"gauss_newton"`` (``J^T J``, positive semidefinite; the default) or
       ``"exact"``, which adds the residual-weighted second-order term
       ``sum_n r_n Hess f_n`` (block-diagonal over ranks, from ``jax.jacfwd`` of each rank's
@@ -219,6 +228,15 @@ def solve(
     - ``initial_damping``: the starting ``mu``, relative to the scaling ``D``.
     - ``record_history``: keep every inner iterate in ``info.history`` (a
       :class:`SolveHistory`); off by default, free when off.
+    - ``geodesic``: geodesic acceleration (Transtrum & Sethna): a second-order correction
+      along the step from the exact second directional derivative of the residuals, one more
+      pass per iteration. Off by default: on the problems measured it did not pay.
+    - ``chunk_size``: ``"auto"`` (the default: whole data when the ``N x M`` Jacobian fits an
+      eighth of the memory, else chunks), ``None`` (never chunk) or ``K``: every sum over the
+      data is accumulated ``K`` points at a time, so memory is ``O(M^2 + K M)``, never
+      ``O(N M)``.
+    - ``verbose``: print, from inside ``jit``, per inner iteration the loss, the gradient's
+      max-norm, the damping and whether the step was accepted. Free when off.
 
     **Returns** ``(model_star, info)``: the solved model (an ordinary :class:`AION`) and a
     :class:`SolveInfo` with the loss, the inner iterations, the passes over the data and the
@@ -276,6 +294,7 @@ def solve(
         initial_damping=float(initial_damping),
         record_history=bool(record_history),
         geodesic=bool(geodesic),
+        verbose=bool(verbose),
     )
     model_star, info = _solve_jit(
         model, x, y, mask, options, None if chunk_size is None else int(chunk_size)

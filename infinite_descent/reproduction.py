@@ -109,7 +109,8 @@ def measure(
     random_starts = [problems.random_toy_start(jax.random.key(i)) for i in range(starts)]
     robustness = []
     for name, runner in runners.items():
-        results = [runner(m, repeats=1) for m in random_starts]
+        results = [runner(m, repeats=1)
+                   for m in _progress(random_starts, f"  {name}", progress is not None)]
         losses = np.array([r.final_loss for r in results])
         robustness.append({
             "method": name,
@@ -122,6 +123,17 @@ def measure(
         })
         say(f"  {name}: {robustness[-1]['successes']}/{starts}")
     return Table1(rows=rows, robustness=robustness, adam_sweep=sweep, runs=runs)
+
+
+def _progress(items, description: str, enabled: bool):
+    """``items`` with a tqdm progress bar when tqdm is installed and progress is on."""
+    if not enabled:
+        return items
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=description, leave=False)
 
 
 def _landscape(table: Table1, axes: tuple[str, str], extent, resolution: int = 121):

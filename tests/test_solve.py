@@ -277,3 +277,18 @@ def test_record_history_traces_the_inner_iterates(toy):
     point = jax.tree.map(lambda a: a[k // 2], hist.params)
     point = eqx.combine(point, eqx.filter(start, eqx.is_inexact_array, inverse=True))
     np.testing.assert_allclose(loss_of(point, x, y), float(hist.loss[k // 2]), rtol=1e-10)
+
+
+def test_verbose_prints_each_inner_iteration_and_is_free_when_off(toy, capsys):
+    x, y = toy
+    start = idn.problems.paper_toy_start()
+    idn.solve(start, x, y, verbose=True, max_steps=3, throw=False)
+    jax.effects_barrier()
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.startswith("SNR")]
+    assert len(lines) == 3
+    assert all("Phi" in l and "damping" in l and "accepted" in l for l in lines)
+    quiet = str(jax.make_jaxpr(lambda m: idn.solve(m, x, y, throw=False))(start))
+    loud = str(jax.make_jaxpr(lambda m: idn.solve(m, x, y, throw=False, verbose=True))(start))
+    # jax.debug.print is a debug_print (older JAX: debug_callback) primitive in the jaxpr.
+    assert not any(p in quiet for p in ("debug_print", "debug_callback"))
+    assert any(p in loud for p in ("debug_print", "debug_callback"))
