@@ -43,6 +43,16 @@ class GridData(eqx.Module):
 
     ``points()`` and ``values()`` give the same data as scattered ``(N, d)`` and ``(N,)``
     arrays (first axis varying slowest, as ``jnp.meshgrid(..., indexing="ij")``).
+
+    Cost of one solver iteration: ``r P sum_i n_i`` complex exponentials, ``J^T J`` in
+    ``O(sum_i n_i (4 r P)^2 + d M^2)``, and ``O(N r d)`` for the residuals and ``J^T r``.
+
+    ```python
+    axis = jnp.linspace(0.0, 1.0, 25)
+    grid = idn.GridData((axis, axis), jnp.cos(jnp.pi * (axis[:, None] - axis[None, :])))
+    model, info = idn.solve(idn.problems.paper_toy_start(), grid)
+    print(grid.num_points, float(info.loss))          # 625 ~1e-29
+    ```
     """
 
     axes: tuple[Float[Array, " n"], ...]

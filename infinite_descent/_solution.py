@@ -15,6 +15,12 @@ class RESULTS(eqx.Enumeration):
     - ``nonfinite_data``: ``x`` or ``y`` holds NaN or Inf; the start is returned unchanged.
     - ``nonfinite_start``: the model's loss at the start is not finite (for example an
       exponential overflowed); the start is returned unchanged.
+
+    ```python
+    model, info = idn.solve(start, x, y, max_steps=2, throw=False)
+    if info.result != idn.RESULTS.successful:
+        print(idn.RESULTS[info.result])               # the readable message
+    ```
     """
 
     successful = ""
@@ -50,6 +56,13 @@ class SolveInfo(eqx.Module):
     - ``converged``: ``result == RESULTS.successful``.
     - ``result``: a :class:`RESULTS` code; ``RESULTS[info.result]`` is its message.
     - ``linear_solver``, ``hessian``: the strategies used (static strings).
+
+    ```python
+    model, info = idn.solve(start, x, y)
+    print(f"Phi {float(info.initial_loss):.3g} -> {float(info.loss):.3g} in "
+          f"{int(info.inner_steps)} inner iterations, {int(info.data_passes)} passes")
+    ```
+
     - ``history``: with ``solve(..., record_history=True)``, a :class:`SolveHistory` of every
       inner iterate; otherwise ``None``.
     """
@@ -80,6 +93,12 @@ class SolveHistory(eqx.Module):
       ``max_steps + 1`` axis.
     - ``damping``: the damping ``lambda`` after each iteration.
     - ``accepted``: whether iteration ``k`` took its step.
+
+    ```python
+    model, info = idn.solve(start, x, y, record_history=True)
+    k = int(info.inner_steps)
+    print(info.history.loss[: k + 1])                 # Phi after each inner iteration
+    ```
     """
 
     loss: Float[Array, " steps"]

@@ -23,6 +23,12 @@ class SolveOnceState(NamedTuple):
     - ``loss_before``, ``loss_after``: ``Phi`` before and after the last update (the
       parameters' dtype; ``inf`` before the first update).
     - ``result``: the last solve's :class:`RESULTS` code.
+
+    ```python
+    opt = idn.solve_once()
+    updates, state = opt.update(None, opt.init(start), start, x=x, y=y)
+    print(int(state.count), float(state.loss_after), idn.RESULTS[state.result] or "converged")
+    ```
     """
 
     count: Int[Array, ""]
@@ -50,6 +56,9 @@ def solve_once(**solve_options) -> optax.GradientTransformationExtraArgs:
     **Arguments:** any keyword option of :func:`solve` (``max_steps``, ``linear_solver``,
     ``hessian``, ``trainable``, tolerances). ``throw`` defaults to ``False`` here: a training
     loop reads ``state.result`` rather than stopping.
+
+    Cost: one update is one :func:`solve`, its inner iterations and passes over the data in
+    ``state.inner_steps`` and ``state.data_passes``.
 
     ```python
     opt = idn.solve_once()

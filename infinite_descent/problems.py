@@ -23,6 +23,11 @@ def paper_toy(dtype=None) -> tuple[jax.Array, jax.Array]:
 
     Returns ``(x, y)`` with ``x`` of shape ``(625, 2)`` (``linspace(0, 1, 25)`` in each
     dimension, first coordinate varying slowest) and ``y`` of shape ``(625,)``.
+
+    ```python
+    x, y = idn.problems.paper_toy()
+    print(x.shape, y.shape)                           # (625, 2) (625,)
+    ```
     """
     dtype = default_float_dtype() if dtype is None else dtype
     axis = np.linspace(0.0, 1.0, 25)
@@ -39,6 +44,12 @@ def paper_toy_start(dtype=None) -> AION:
     omega = 2.5`` for both ranks and ``phi = 0.3`` and ``-1.2``. The target is exact at
     ``A = 1, alpha = 0, omega = pi, phi = (0, -pi/2)`` (and along the curves of minima
     through it).
+
+    ```python
+    start = idn.problems.paper_toy_start()
+    model, info = idn.solve(start, *idn.problems.paper_toy())
+    print(float(info.initial_loss), float(info.loss))  # ~47.6 ~1e-29
+    ```
     """
     return AION(
         2, 2, 1, shared_dims=True, dtype=dtype,
@@ -52,6 +63,10 @@ def random_toy_start(key, *, shared_dims: bool = True, dtype=None) -> AION:
     ``A ~ U(0.5, 1.5)``, ``alpha ~ U(-0.5, 0.5)``, ``omega ~ U(1, 5)``, ``phi ~ U(-pi, pi)``
     (DESIGN.md's distribution; the same as :class:`AION`'s default initialisation).
     ``shared_dims=True`` gives the 8-parameter model, ``False`` the 16-parameter untied one.
+
+    ```python
+    starts = [idn.problems.random_toy_start(jax.random.key(i)) for i in range(3)]
+    ```
     """
     return AION(2, 2, 1, key=key, shared_dims=shared_dims, dtype=dtype)
 
@@ -97,6 +112,12 @@ def lanczos3(dtype=None) -> CertifiedProblem:
     As an AION: ``dim=1``, ``rank=3``, ``terms=1``, with ``omega`` and ``phi`` held at zero
     through ``trainable`` (so each rank is ``A exp(alpha x)``, ``A = b_odd``,
     ``alpha = -b_even``). The certified residual sum of squares is ``1.6117193594e-08``.
+
+    ```python
+    p = idn.problems.lanczos3()
+    model, info = idn.solve(p.starts[0], p.x, p.y, trainable=p.trainable)
+    print(float(info.loss), p.certified_loss)         # both 1.6117193594e-08
+    ```
     """
     dtype = default_float_dtype() if dtype is None else dtype
     x = (0.05 * np.arange(24))[:, None]
@@ -122,7 +143,17 @@ def _mask_like(model: AION, **flags: bool) -> AION:
 
 
 def toy_exact_solution(dtype=None) -> AION:
-    """A point where the toy's loss is exactly zero (up to rounding)."""
+    """A point where the toy's loss is exactly zero (up to rounding).
+
+    ``A = 1, alpha = 0, omega = pi`` for both ranks and phases ``0`` and ``-pi/2``, from
+    ``cos(pi (x - y)) = cos(pi x) cos(pi y) + sin(pi x) sin(pi y)``. Shifting both phases
+    together gives the same function: the minima form a curve.
+
+    ```python
+    x, y = idn.problems.paper_toy()
+    print(jnp.max(jnp.abs(jax.vmap(idn.problems.toy_exact_solution())(x) - y)))  # ~1e-15
+    ```
+    """
     return AION(
         2, 2, 1, shared_dims=True, dtype=dtype,
         A=1.0, alpha=0.0, omega=math.pi, phi=np.array([0.0, -math.pi / 2])[:, None, None],

@@ -108,6 +108,13 @@ class AION(eqx.Module):
     - ``shared_dims``: one atom per rank shared by all dimensions.
     - ``dtype``: the real dtype of the parameters; float64 when x64 is enabled, else float32.
     - ``A, alpha, omega, phi``: explicit parameter values (optional).
+
+    ```python
+    model = idn.AION(rank=3, dim=2, terms=2, key=jax.random.key(0))
+    xs = jax.random.uniform(jax.random.key(1), (100, 2))
+    values = jax.vmap(model)(xs)                      # shape (100,)
+    print(model.num_params, values.shape)             # 48 (100,)
+    ```
     """
 
     A: Float[Array, "rank dims terms"]
