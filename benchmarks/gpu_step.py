@@ -10,84 +10,38 @@ the time of ``J^T J`` for a random ``N x M`` matrix of the same dtype (the matri
 dense step contains: the floor), and the time of the pass that forms ``J``, ``J^T r`` and
 ``Phi``. In float64 and float32. Then time per iteration against ``N`` at ``M = 128``.
 
-Meant for a GPU (it runs on a CPU too, slowly). Prints a table and writes ``OUT/gpu_step.json``.
+Meant for a GPU (it runs on a CPU too, slowly). The measuring code is
+``infinite_descent.scaling`` (notebook 03 uses it too). Prints a table and writes
+``OUT/gpu_step.json``.
 """
 
 from __future__ import annotations
 
-import time
-
 from benchmarks._common import machine, parser, print_table, write_json
 
 
-def _median_ms(fn, repeats=5):
-    import jax
-    import numpy as np
-
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - began)
-    return 1e3 * float(np.median(times))
-
-
-def measure(n, rank, dtype, steps=(2, 6), chunk_size="auto"):
+def measure(n, rank, dtype):
     import jax
     import jax.numpy as jnp
 
-    import infinite_descent as idn
+    from infinite_descent import scaling
     from infinite_descent._resummation import AIONResummation, stack_params
 
-    k1, k2, k3, k4 = jax.random.split(jax.random.key(0), 4)
-    target = idn.AION(rank, 4, 2, key=k1, dtype=dtype)
-    x = jax.random.uniform(k2, (n, 4), dtype, minval=-1.0, maxval=1.0)
-    y = jax.lax.map(target, x, batch_size=65536)
-    leaves, treedef = jax.tree.flatten(target)
-    keys = jax.random.split(k3, len(leaves))
-    start = jax.tree.unflatten(
-        treedef, [a * (1 + 0.05 * jax.random.normal(k, a.shape, dtype)) for k, a in zip(keys, leaves)]
-    )
-    num_params = 4 * rank * 4 * 2
-
-    # The data are arguments, not constants closed over: XLA would constant-fold them. The
-    # time of one iteration is the difference between solves of two lengths (so the set-up,
-    # the basis and the first pass, cancels).
-    totals = []
-    for k in steps:
-        solve = jax.jit(lambda m, x, y, k=k: idn.solve(
-            m, x, y, throw=False, max_steps=k, xtol=0.0, ftol=0.0, chunk_size=chunk_size,
-            linear_solver="dense",
-        ))
-        _, info = solve(start, x, y)
-        assert int(info.inner_steps) == k
-        totals.append(_median_ms(lambda: solve(start, x, y)))
-    step_ms = (totals[1] - totals[0]) / (steps[1] - steps[0])
-    setup_ms = totals[0] - steps[0] * step_ms
-
-    jac = jax.random.normal(k4, (n, num_params), dtype)
-    gram = jax.jit(lambda j: j.T @ j)
-    gram_ms = _median_ms(lambda: gram(jac))
-    del jac
-
+    row = scaling.iteration_time(n, rank, 4, 2, dtype=dtype)
+    _, start, x, y = scaling.random_problem(n, rank, 4, 2, dtype=dtype)
     problem = AIONResummation(start, x, y)
     delta = jnp.zeros_like(stack_params(start))
     one_pass = jax.jit(lambda p, d: p.normal_equations(d, gram=False))
-    pass_ms = _median_ms(lambda: one_pass(problem, delta))
+    row["jacobian_pass_ms"] = scaling.median_ms(lambda: one_pass(problem, delta))
     with_gram = jax.jit(lambda p, d: p.normal_equations(d, gram=True))
-    pass_gram_ms = _median_ms(lambda: with_gram(problem, delta))
-    eq = with_gram(problem, delta)
+    row["pass_with_gram_ms"] = scaling.median_ms(lambda: with_gram(problem, delta))
+    gram = with_gram(problem, delta).gram
     factor = jax.jit(lambda g: jax.scipy.linalg.cho_solve(
-        jax.scipy.linalg.cho_factor(g + jnp.diag(jnp.diagonal(g) * 0.1)), jnp.ones(g.shape[0], g.dtype)
+        jax.scipy.linalg.cho_factor(g + jnp.diag(jnp.diagonal(g) * 0.1)),
+        jnp.ones(g.shape[0], g.dtype),
     ))
-    factor_ms = _median_ms(lambda: factor(eq.gram))
-    return {
-        "N": n, "M": num_params, "dtype": str(jnp.dtype(dtype)), "linear_solver": info.linear_solver,
-        "step_ms": step_ms, "gram_floor_ms": gram_ms, "jacobian_pass_ms": pass_ms,
-        "pass_with_gram_ms": pass_gram_ms, "cholesky_ms": factor_ms, "setup_ms": setup_ms,
-        "step_over_floor": step_ms / gram_ms, "final_loss": float(info.loss),
-    }
+    row["cholesky_ms"] = scaling.median_ms(lambda: factor(gram))
+    return row
 
 
 def main() -> None:
@@ -109,7 +63,7 @@ def main() -> None:
         print(f"sweep N = {n:,}, M = 128 ...", flush=True)
         rows.append({"what": "sweep", **measure(n, 4, jnp.float64)})
     print_table(rows, [("what", "what"), ("N", "N"), ("M", "M"), ("dtype", "dtype"),
-                       ("step_ms", "ms/iteration"), ("gram_floor_ms", "J^T J ms"),
+                       ("ms_per_iteration", "ms/iteration"), ("gram_floor_ms", "J^T J ms"),
                        ("jacobian_pass_ms", "J pass ms"), ("pass_with_gram_ms", "J+gram ms"),
                        ("cholesky_ms", "Cholesky ms"), ("setup_ms", "set-up ms"),
                        ("step_over_floor", "step/floor")])

@@ -4,9 +4,9 @@
 
 Each configuration runs in a fresh subprocess (so its peak resident memory, ``ru_maxrss``, is
 its own): a random exactly representable AION target on uniform points in ``[-1, 1]^d``, a
-start 5% off, and a solve of a fixed number of inner iterations (all tolerances off), timed
-after a warm-up run of the same compiled function; the median over repeats divided by the
-iterations is the time per inner iteration. Sweeps:
+start 5% off, and solves of 1 and 1 + ``--steps`` inner iterations (tolerances off), timed as
+medians after warm-up; their difference divided by ``--steps`` is the time per inner
+iteration (``infinite_descent.scaling.iteration_time``). Sweeps:
 
 - ``N`` from 1e3 to 1e6 at ``M = 128`` (rank 4, dim 4, terms 2), dense, unchunked, and
   ``N = 4e6`` in chunks of 65536 points;
@@ -34,45 +34,18 @@ QUICK_M = [(1, 2, 2), (4, 4, 2), (16, 4, 2)]
 
 
 def one(n, rank, dim, terms, chunk, steps, repeats, linear_solver):
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-
-    import infinite_descent as idn
-
-    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-    target = idn.AION(rank, dim, terms, key=k1)
-    x = jax.random.uniform(k2, (n, dim), minval=-1.0, maxval=1.0)
-    # In batches, so that making the data does not dominate the peak memory being measured.
-    y = jax.lax.map(target, x, batch_size=65536)
-    leaves, treedef = jax.tree.flatten(target)
-    keys = jax.random.split(k3, len(leaves))
-    start = jax.tree.unflatten(
-        treedef, [a * (1 + 0.05 * jax.random.normal(k, a.shape)) for k, a in zip(keys, leaves)]
-    )
-    solve = jax.jit(lambda m, x, y: idn.solve(
-        m, x, y, throw=False, max_steps=steps, xtol=0.0, ftol=0.0, chunk_size=chunk,
-        linear_solver=linear_solver,
-    ))
-    began = time.perf_counter()
-    jax.block_until_ready(solve(start, x, y))
-    compile_s = time.perf_counter() - began
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        _, info = jax.block_until_ready(solve(start, x, y))
-        times.append(time.perf_counter() - began)
+    """One configuration, in this process (the driver runs each in a fresh subprocess)."""
     import resource
 
-    return {
-        "N": n, "rank": rank, "dim": dim, "terms": terms, "M": 4 * rank * dim * terms,
-        "chunk_size": chunk, "linear_solver": info.linear_solver,
-        "inner_steps": int(info.inner_steps), "data_passes": int(info.data_passes),
-        "ms_per_iteration": 1e3 * float(np.median(times)) / int(info.inner_steps),
-        "compile_s": compile_s,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        "final_loss": float(info.loss),
-    }
+    from infinite_descent import scaling
+
+    began = time.perf_counter()
+    row = scaling.iteration_time(n, rank, dim, terms, steps=(1, 1 + steps),
+                                 linear_solver=linear_solver, chunk_size=chunk,
+                                 repeats=repeats, floor=False)
+    row.update(chunk_size=chunk, seconds=time.perf_counter() - began,
+               peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return row
 
 
 def _run_subprocess(n, rank, dim, terms, chunk, steps, repeats, linear_solver):
@@ -114,7 +87,7 @@ def main() -> None:
                                                       args.steps, args.repeats, "dense")})
     columns = [("sweep", "sweep"), ("N", "N"), ("M", "M"), ("chunk_size", "chunk"),
                ("linear_solver", "solver"), ("ms_per_iteration", "ms/iter"),
-               ("peak_rss_mb", "peak MB"), ("compile_s", "compile s")]
+               ("peak_rss_mb", "peak MB"), ("seconds", "seconds")]
     print_table(rows, columns)
     n_rows = [r for r in rows if r["sweep"] == "N" and not r["chunk_size"]]
     m_rows = [r for r in rows if r["sweep"] == "M"]
