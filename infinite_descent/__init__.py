@@ -10,6 +10,7 @@ Public names:
 - :func:`resummed_residual`: ``F(delta) = grad Phi(model + delta)`` as a pure function.
 - :func:`solve`: the SNR solve, ``(model_star, info)``.
 - :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
+- :func:`multistart`: many starts at once under ``jax.vmap``, the best kept.
 - :class:`SolveInfo`, :class:`SolveHistory`, :class:`SolveOnceState`, :class:`RESULTS`: what a
   solve reports.
 - :mod:`problems`: the paper's toy and certified reference problems.
@@ -18,6 +19,7 @@ Public names:
 from . import problems
 from ._grid import GridData
 from ._models import AION
+from ._multistart import MultistartInfo, multistart
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import resummed_residual, solve
 from ._transform import SolveOnceState, solve_once
@@ -27,10 +29,12 @@ __version__ = "0.1.0"
 __all__ = [
     "AION",
     "GridData",
+    "MultistartInfo",
     "RESULTS",
     "SolveHistory",
     "SolveInfo",
     "SolveOnceState",
+    "multistart",
     "problems",
     "resummed_residual",
     "solve",

@@ -103,7 +103,8 @@ def _no_derivative_jvp(primals, tangents):
 
 
 @eqx.filter_jit
-def _solve_jit(model, x, y, mask, options: SNROptions, chunk_size: int | None = None):
+def _solve_jit(model, x, y, mask, options: SNROptions, chunk_size: int | None = None,
+               initial_damping=None):
     params, static = eqx.partition(model, eqx.is_inexact_array)
     params, x, y = _no_derivative((params, x, y))
     model = eqx.combine(params, static)
@@ -111,7 +112,7 @@ def _solve_jit(model, x, y, mask, options: SNROptions, chunk_size: int | None = 
         problem = GridResummation(model, x)
     else:
         problem = AIONResummation(model, x, y, chunk_size=chunk_size)
-    out = run_snr(problem, mask, options)
+    out = run_snr(problem, mask, options, initial_damping)
     theta_star = problem.theta + out.delta.reshape(problem.theta.shape)
     model_star = unstack_params(theta_star, model)
     history = None
@@ -150,6 +151,60 @@ def _check_options(max_steps, hessian, tolerances) -> None:
             continue
         if not isinstance(value, (int, float, np.floating)) or not math.isfinite(value) or value < 0:
             raise ValueError(f"solve: `{name}` must be a finite number >= 0, got {value!r}.")
+
+
+def _prepare(model, x, y, caller, *, max_steps=256, linear_solver="auto",
+             hessian="gauss_newton", trainable=None, xtol=None, ftol=None, grad_atol=0.0,
+             grad_rtol=0.0, loss_atol=0.0, loss_rtol=0.0, initial_damping=1e-1,
+             record_history=False, geodesic=False, chunk_size="auto", verbose=False):
+    """Check the input and the options; return ``(x, y, mask, options, chunk_size)``."""
+    grid = isinstance(x, GridData)
+    if grid:
+        x = check_grid(model, x, y, caller)
+        num_data = x.num_points
+        if chunk_size not in ("auto", None):
+            raise ValueError(f"{caller}: `chunk_size` does not apply to GridData.")
+        chunk_size = None
+    else:
+        x, y = check_data(model, x, y, caller)
+        num_data = x.shape[0]
+    check_params_finite(model, caller)
+    tolerances = dict(xtol=xtol, ftol=ftol, grad_atol=grad_atol, grad_rtol=grad_rtol,
+                      loss_atol=loss_atol, loss_rtol=loss_rtol, initial_damping=initial_damping)
+    _check_options(max_steps, hessian, tolerances)
+    num_params = 4 * model.A.size
+    itemsize = jnp.dtype(model.dtype).itemsize
+    if chunk_size == "auto":
+        chunk_size = default_chunk_size(num_data, num_params, itemsize)
+    elif chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
+        raise ValueError(
+            f"{caller}: `chunk_size` must be 'auto', None or a positive integer, got {chunk_size!r}."
+        )
+    if chunk_size is not None and chunk_size >= num_data:
+        chunk_size = None
+    strategy = resolve_linear_solver(
+        linear_solver, num_data, num_params, itemsize, chunked=chunk_size is not None
+    )
+    mask = _trainable_mask(model, trainable)
+    options = SNROptions(
+        max_steps=int(max_steps),
+        linear_solver=strategy,
+        hessian=hessian,
+        xtol=None if xtol is None else float(xtol),
+        ftol=None if ftol is None else float(ftol),
+        grad_atol=float(grad_atol),
+        grad_rtol=float(grad_rtol),
+        loss_atol=float(loss_atol),
+        loss_rtol=float(loss_rtol),
+        initial_damping=float(initial_damping),
+        record_history=bool(record_history),
+        geodesic=bool(geodesic),
+        verbose=bool(verbose),
+    )
+    return x, y, mask, options, None if chunk_size is None else int(chunk_size)
 
 
 def solve(
@@ -250,55 +305,14 @@ def solve(
     print(info.loss, info.inner_steps, info.data_passes)
     ```
     """
-    grid = isinstance(x, GridData)
-    if grid:
-        x = check_grid(model, x, y, "solve")
-        num_data = x.num_points
-        if chunk_size not in ("auto", None):
-            raise ValueError("solve: `chunk_size` does not apply to GridData.")
-        chunk_size = None
-    else:
-        x, y = check_data(model, x, y, "solve")
-        num_data = x.shape[0]
-    check_params_finite(model, "solve")
-    tolerances = dict(xtol=xtol, ftol=ftol, grad_atol=grad_atol, grad_rtol=grad_rtol,
-                      loss_atol=loss_atol, loss_rtol=loss_rtol, initial_damping=initial_damping)
-    _check_options(max_steps, hessian, tolerances)
-    num_params = 4 * model.A.size
-    itemsize = jnp.dtype(model.dtype).itemsize
-    if chunk_size == "auto":
-        chunk_size = default_chunk_size(num_data, num_params, itemsize)
-    elif chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, (int, np.integer))
-        or chunk_size < 1
-    ):
-        raise ValueError(
-            f"solve: `chunk_size` must be 'auto', None or a positive integer, got {chunk_size!r}."
-        )
-    if chunk_size is not None and chunk_size >= num_data:
-        chunk_size = None
-    strategy = resolve_linear_solver(
-        linear_solver, num_data, num_params, itemsize, chunked=chunk_size is not None
+    x, y, mask, options, chunk_size = _prepare(
+        model, x, y, "solve", max_steps=max_steps, linear_solver=linear_solver,
+        hessian=hessian, trainable=trainable, xtol=xtol, ftol=ftol, grad_atol=grad_atol,
+        grad_rtol=grad_rtol, loss_atol=loss_atol, loss_rtol=loss_rtol,
+        initial_damping=initial_damping, record_history=record_history, geodesic=geodesic,
+        chunk_size=chunk_size, verbose=verbose,
     )
-    mask = _trainable_mask(model, trainable)
-    options = SNROptions(
-        max_steps=int(max_steps),
-        linear_solver=strategy,
-        hessian=hessian,
-        xtol=None if xtol is None else float(xtol),
-        ftol=None if ftol is None else float(ftol),
-        grad_atol=float(grad_atol),
-        grad_rtol=float(grad_rtol),
-        loss_atol=float(loss_atol),
-        loss_rtol=float(loss_rtol),
-        initial_damping=float(initial_damping),
-        record_history=bool(record_history),
-        geodesic=bool(geodesic),
-        verbose=bool(verbose),
-    )
-    model_star, info = _solve_jit(
-        model, x, y, mask, options, None if chunk_size is None else int(chunk_size)
-    )
+    model_star, info = _solve_jit(model, x, y, mask, options, chunk_size)
     if throw:
         model_star = info.result.error_if(model_star, ~info.converged)
     return model_star, info
