@@ -27,6 +27,12 @@ class MultistartInfo(eqx.Module):
     - ``lane_utilisation``: inner iterations done by the starts, over the iterations the batch
       paid for (a vmapped while loop runs until its slowest lane ends; finished starts are
       dropped between segments, so the waste is bounded by one segment per start).
+
+    ```python
+    best, info = idn.multistart(start, x, y, num_starts=4, key=jax.random.key(0))
+    for k in range(4):
+        print(k, float(info.loss[k]), int(info.inner_steps[k]), int(info.result._value[k]))
+    ```
     """
 
     loss: Float[Array, " starts"]
@@ -50,7 +56,7 @@ def draw_starts(model: AION, num_starts: int, key, spread: float, mask=None) -> 
     for k, leaf, m in zip(keys, leaves, masks):
         noise = jax.random.normal(k, (num_starts - 1, *leaf.shape), leaf.dtype)
         if m is not None:
-            noise = noise * m.astype(leaf.dtype)
+            noise = noise * m.astype(leaf.dtype)[None]
         perturbed = leaf[None] * (1 + spread * noise)
         stacked.append(jnp.concatenate([leaf[None], perturbed]))
     return eqx.combine(jax.tree.unflatten(treedef, stacked), static)
