@@ -292,3 +292,16 @@ def test_verbose_prints_each_inner_iteration_and_is_free_when_off(toy, capsys):
     # jax.debug.print is a debug_print (older JAX: debug_callback) primitive in the jaxpr.
     assert not any(p in quiet for p in ("debug_print", "debug_callback"))
     assert any(p in loud for p in ("debug_print", "debug_callback"))
+
+
+def test_fix_gauge_holds_one_amplitude_per_rank_and_later_dimension(toy):
+    x, y = toy
+    start = idn.problems.random_toy_start(jax.random.key(1), shared_dims=False)
+    model, info = idn.solve(start, x, y, fix_gauge=True)
+    assert float(info.loss) < 1e-20
+    # Dimension 1's (single) amplitude is held in both ranks; dimension 0's carries the scale.
+    np.testing.assert_array_equal(model.A[:, 1], start.A[:, 1])
+    assert float(jnp.max(jnp.abs(model.A[:, 0] - start.A[:, 0]))) > 0
+    # Shared dimensions have no gauge freedom: nothing is held.
+    shared, info_shared = idn.solve(idn.problems.paper_toy_start(), x, y, fix_gauge=True)
+    assert float(info_shared.loss) < 1e-20
