@@ -7,6 +7,8 @@ Public names:
 
 - :class:`AION`: the model (an ``equinox.Module``).
 - :class:`GridData`: tensor-grid data, accepted wherever ``x, y`` are.
+- :class:`SumOfTerms`: the Infinity Class as an interface; :class:`GaussianAtoms` and
+  :class:`ShallowNetwork` beside AION.
 - :func:`resummed_residual`: ``F(delta) = grad Phi(model + delta)`` as a pure function.
 - :func:`solve`: the SNR solve, ``(model_star, info)``.
 - :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
@@ -18,7 +20,7 @@ Public names:
 
 from . import problems
 from ._grid import GridData
-from ._models import AION
+from ._models import AION, GaussianAtoms, ShallowNetwork, SumOfTerms
 from ._multistart import MultistartInfo, multistart
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import resummed_residual, solve
@@ -28,12 +30,15 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AION",
+    "GaussianAtoms",
     "GridData",
     "MultistartInfo",
     "RESULTS",
+    "ShallowNetwork",
     "SolveHistory",
     "SolveInfo",
     "SolveOnceState",
+    "SumOfTerms",
     "multistart",
     "problems",
     "resummed_residual",

@@ -7,6 +7,7 @@ reports non-finite data through its result code instead.
 
 from __future__ import annotations
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -39,10 +40,19 @@ def _as_real_array(value, name: str, caller: str):
     return array
 
 
-def check_model(model, caller: str) -> AION:
-    if not isinstance(model, AION):
+def check_model(model, caller: str):
+    from ._models._protocol import SumOfTerms
+
+    if not isinstance(model, SumOfTerms):
         raise TypeError(
-            f"{caller}: expected an `infinite_descent.AION` model, got {type(model).__name__}."
+            f"{caller}: expected an `infinite_descent.AION` (or another "
+            f"`infinite_descent.SumOfTerms` model), got {type(model).__name__}."
+        )
+    dtypes = {a.dtype for a in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))}
+    if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
+        raise TypeError(
+            f"{caller}: the model's parameters must share one real floating dtype, got "
+            f"{sorted(str(d) for d in dtypes)}."
         )
     return model
 
@@ -121,9 +131,11 @@ def check_grid(model: AION, grid, y, caller: str):
     return GridData(tuple(jnp.asarray(a, dtype) for a in axes), jnp.asarray(values, dtype))
 
 
-def check_params_finite(model: AION, caller: str) -> None:
-    leaves = (model.A, model.alpha, model.omega, model.phi)
-    if is_concrete(*leaves):
-        for name, a in zip(("A", "alpha", "omega", "phi"), leaves):
+def check_params_finite(model, caller: str) -> None:
+    params = eqx.filter(model, eqx.is_inexact_array)
+    leaves = jax.tree_util.tree_leaves_with_path(params)
+    if is_concrete(*(a for _, a in leaves)):
+        for path, a in leaves:
             if not np.all(np.isfinite(np.asarray(a))):
+                name = jax.tree_util.keystr(path).lstrip(".")
                 raise ValueError(f"{caller}: the model's `{name}` contains NaN or Inf.")

@@ -11,7 +11,7 @@ from jaxtyping import Array, Float, Int
 from ._checks import check_model
 from ._models._aion import AION
 from ._solution import RESULTS
-from ._solve import _prepare, _solve_jit
+from ._solve import _prepare, _solve_jit, trainable_leaves
 
 
 class MultistartInfo(eqx.Module):
@@ -111,7 +111,7 @@ def multistart(
         solve_options.pop(name, None)
     x, y, mask, options, chunk = _prepare(model, x, y, "multistart",
                                           max_steps=segment_steps, **solve_options)
-    param_masks = _leaf_masks(model, mask)
+    param_masks = jax.tree.leaves(trainable_leaves(model, solve_options.get("trainable")))
     starts = draw_starts(model, num_starts, key, spread, param_masks)
     params, static = eqx.partition(starts, eqx.is_inexact_array)
 
@@ -172,9 +172,3 @@ def multistart(
     )
     return best_model, info
 
-
-def _leaf_masks(model: AION, mask) -> list:
-    """The flat trainable mask as one boolean array per parameter leaf (A, alpha, omega, phi)."""
-    shape = model.A.shape
-    per_kind = jnp.asarray(mask).reshape(shape[0], 4, *shape[1:])
-    return [per_kind[:, k] for k in range(4)]

@@ -102,6 +102,26 @@ def aion_values(
     return jnp.prod(psi, axis=-1)
 
 
+def separable_terms(psi, atom_derivatives, shared: bool):
+    """Values and gradients of separable terms ``T_j = prod_i psi_ji`` from their atoms.
+
+    ``psi``: the atoms ``(N, r, d)``; ``atom_derivatives``: one ``(N, r, d, P)`` array per
+    parameter kind, the derivative of atom ``psi_ji`` by that kind's parameter ``(j, i, p)``.
+    The derivative of ``T_j`` is that times the leave-one-out product ``prod_{s != i} psi_js``
+    (prefix and suffix products, no division). With ``shared`` (one atom for every
+    dimension) the chain rule sums over the dimensions. Returns ``(N, r)`` and
+    ``(N, r, kinds, d', P)``.
+    """
+    loo, total = leave_one_out_products(psi)
+    loo = loo[..., None]
+    columns = [c * loo for c in atom_derivatives]
+    dim = psi.shape[-1]
+    if shared and dim > 1:
+        # Unrolled over the (small, static) dimension count: cheaper than a reduction here.
+        columns = [sum(c[:, :, i : i + 1] for i in range(dim)) for c in columns]
+    return total, jnp.stack(columns, axis=2)
+
+
 def aion_terms(
     theta: Float[Array, "rank 4 dims terms"],
     delta: Float[Array, "rank 4 dims terms"],
@@ -116,14 +136,9 @@ def aion_terms(
     """
     amplitude, xs, re, im, psi = _shifted_terms(theta, delta, basis, x)
     re_c, im_c = amplitude * re, amplitude * im  # the complex term c = A e^z
-    loo, total = leave_one_out_products(psi)
-    loo = loo[..., None]
-    columns = [re * loo, xs * re_c * loo, -xs * im_c * loo, -im_c * loo]  # dA, dalpha, ...
-    dim = x.shape[1]
-    if theta.shape[-2] == 1 and dim > 1:  # one atom shared by all dimensions: chain rule sum
-        # Unrolled over the (small, static) dimension count: cheaper than a reduction here.
-        columns = [sum(c[:, :, i : i + 1] for i in range(dim)) for c in columns]
-    return total, jnp.stack(columns, axis=2)
+    # d/dA, d/dalpha, d/domega, d/dphi of the atom: the polynomial prefactors 1, x, i x, i.
+    derivatives = [re, xs * re_c, -xs * im_c, -im_c]
+    return separable_terms(psi, derivatives, theta.shape[-2] == 1)
 
 
 class NormalEquations(NamedTuple):
@@ -142,41 +157,63 @@ class NormalEquations(NamedTuple):
     jac: Array | None = None
 
 
-class AIONResummation(eqx.Module):
-    """An AION problem over its data: the basis at ``Theta`` and every sum an SNR step needs.
+def chunk_data(x: Array, y: Array, chunk_size: int | None):
+    """``(x, y, weight)``: as given when ``chunk_size`` is ``None`` (``weight=None``), else
+    reshaped to ``(chunks, K, ...)`` and padded with zero-weight points."""
+    if chunk_size is None or chunk_size >= x.shape[0]:
+        return x, y, None
+    chunks = -(-x.shape[0] // chunk_size)
+    pad = chunks * chunk_size - x.shape[0]
+    weight = jnp.concatenate([jnp.ones_like(y), jnp.zeros((pad,), y.dtype)])
+    return (
+        jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, chunk_size, x.shape[1]),
+        jnp.pad(y, (0, pad)).reshape(chunks, chunk_size),
+        weight.reshape(chunks, chunk_size),
+    )
 
-    With ``chunk_size=None`` the basis ``exp(z(x_n; Theta))`` is stored (``N r d P`` complex
-    numbers) and each evaluation applies the shift ``exp(<a, Delta>)``: the resummation. With
-    ``chunk_size=K`` the data are processed ``K`` points at a time in a ``lax.scan`` (padded to
-    a multiple of ``K`` with zero-weight points) and the exponentials are evaluated per chunk
-    at ``Theta + Delta``, so no array grows with ``N`` beyond the data themselves: memory is
-    ``O(M^2 + K M)``. Every method returns sums over the data, so the two give the same numbers
-    up to the order of summation.
+
+class DataProblem(eqx.Module):
+    """A sum-of-terms model over its data: every sum an SNR iteration needs.
+
+    Subclasses provide the per-chunk values and Jacobian of the terms (``_terms`` and
+    ``_term_values``) and, for the residual-weighted Hessian blocks, one term's values and
+    gradient (``_one_term``). The parameters are ``theta``, shape ``(terms, ...)``; term ``j``
+    owns the contiguous slice ``[j m, (j + 1) m)`` of the flat vector.
+
+    With ``chunk_size=None`` the data are used whole; with ``chunk_size=K`` every sum is
+    accumulated ``K`` points at a time in a ``lax.scan`` (padded with zero-weight points), so no
+    array grows with ``N`` beyond the data themselves: memory ``O(M^2 + K M)``.
     """
 
-    theta: Float[Array, "rank 4 dims terms"]
-    basis: Complex[Array, "N rank dim terms"] | None
+    theta: Array
     x: Float[Array, "..."]  # (N, d), or (chunks, K, d) when chunked
     y: Float[Array, "..."]  # (N,), or (chunks, K)
     weight: Float[Array, "chunks K"] | None
     num_data: int = eqx.field(static=True)
 
-    def __init__(self, model: AION, x: Array, y: Array, chunk_size: int | None = None):
-        self.theta = stack_params(model)
-        self.num_data = x.shape[0]
-        if chunk_size is None or chunk_size >= x.shape[0]:
-            self.basis = atom_exponentials(
-                model.alpha[None], model.omega[None], model.phi[None], x[:, None, :]
-            )
-            self.x, self.y, self.weight = x, y, None
-        else:
-            chunks = -(-x.shape[0] // chunk_size)
-            pad = chunks * chunk_size - x.shape[0]
-            weight = jnp.concatenate([jnp.ones_like(y), jnp.zeros((pad,), y.dtype)])
-            self.x = jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, chunk_size, x.shape[1])
-            self.y = jnp.pad(y, (0, pad)).reshape(chunks, chunk_size)
-            self.weight = weight.reshape(chunks, chunk_size)
-            self.basis = None
+    # -- what a subclass provides ------------------------------------------------------------
+
+    def _terms(self, delta, x, basis):
+        """Per-term values ``(K, r)`` and gradients ``(K, r, m)`` at ``theta + delta``."""
+        raise NotImplementedError
+
+    def _term_values(self, delta, x, basis):
+        """Per-term values ``(K, r)`` at ``theta + delta``."""
+        raise NotImplementedError
+
+    def _one_term(self, theta_j, delta_j, x, basis_j):
+        """One term's values ``(K,)`` and gradient ``(K, m)``."""
+        raise NotImplementedError
+
+    def _basis(self):
+        """What the unchunked evaluation reuses (the resummation's basis), or ``None``."""
+        return None
+
+    def _basis_by_term(self, num_points):
+        """The basis split by term (axis 1), for vmapping over terms; a placeholder if none."""
+        return jnp.zeros((num_points, self.theta.shape[0], 0))
+
+    # -- shape --------------------------------------------------------------------------------
 
     @property
     def chunked(self) -> bool:
@@ -191,7 +228,7 @@ class AIONResummation(eqx.Module):
 
     @property
     def block_size(self) -> int:
-        """Parameters per rank, ``m = 4 d' P``."""
+        """Parameters per term, ``m``."""
         return self.theta[0].size
 
     @property
@@ -201,7 +238,7 @@ class AIONResummation(eqx.Module):
     # -- one chunk ----------------------------------------------------------------------------
 
     def _chunk_terms(self, delta, x, y, w, basis):
-        values, grads = aion_terms(self.theta, delta, basis, x)
+        values, grads = self._terms(delta, x, basis)
         r = jnp.sum(values, axis=1) - y
         jac = grads.reshape(grads.shape[0], -1)
         if w is not None:
@@ -209,13 +246,13 @@ class AIONResummation(eqx.Module):
         return values, r, jac
 
     def _chunk_residuals(self, delta, x, y, w, basis):
-        r = jnp.sum(aion_values(self.theta, delta, basis, x), axis=1) - y
+        r = jnp.sum(self._term_values(delta, x, basis), axis=1) - y
         return r if w is None else r * w
 
     def _sum_over_data(self, fn):
         """``sum_chunks fn(x_c, y_c, w_c, basis_c)`` for a pytree-valued ``fn``."""
         if not self.chunked:
-            return fn(self.x, self.y, None, self.basis)
+            return fn(self.x, self.y, None, self._basis())
         first = jax.eval_shape(fn, self.x[0], self.y[0], self.weight[0], None)
         init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
 
@@ -231,7 +268,7 @@ class AIONResummation(eqx.Module):
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:
         """One pass over the data at ``Theta + delta``: ``Phi``, ``J^T r``, ``diag(J^T J)`` and,
-        as asked, ``J^T J``, its per-rank diagonal blocks, or ``J`` itself (unchunked only)."""
+        as asked, ``J^T J``, its per-term diagonal blocks, or ``J`` itself (unchunked only)."""
         m = self.block_size
 
         def fn(x, y, w, basis):
@@ -249,7 +286,7 @@ class AIONResummation(eqx.Module):
         if jac:
             if self.chunked:
                 raise ValueError("the full Jacobian is not formed when the data are chunked")
-            full_jac = self._chunk_terms(delta, self.x, self.y, None, self.basis)[2]
+            full_jac = self._chunk_terms(delta, self.x, self.y, None, self._basis())[2]
         return NormalEquations(
             loss=sums["loss"], g=sums["g"], diag=sums["diag"], gram=sums.get("gram"),
             rank_grams=sums.get("rank_grams"), jac=full_jac,
@@ -272,7 +309,7 @@ class AIONResummation(eqx.Module):
 
     def geodesic_rhs(self, delta: Array, v: Array) -> Array:
         """``J^T r_vv``, with ``r_vv = d^2/dt^2 r(Theta + delta + t v)`` at ``t = 0`` (exact: a
-        JVP of a JVP of the values) and ``J`` in closed form, per chunk (one pass)."""
+        JVP of a JVP of the values), per chunk (one pass)."""
         v = v.reshape(self.theta.shape)
 
         def fn(x, y, w, basis):
@@ -290,60 +327,95 @@ class AIONResummation(eqx.Module):
         return self._sum_over_data(fn)
 
     def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
-        """Per-rank diagonal blocks of the Jacobian of ``F`` (the Hessian of ``Phi``).
+        """Per-term diagonal blocks of the Jacobian of ``F`` (the Hessian of ``Phi``).
 
-        Built with ``jax.jacfwd`` of one rank's part of ``F`` (``m`` tangents) vmapped over
-        the ranks, shape ``(rank, m, m)``, summed over the data. With ``residual_only=True``
+        Built with ``jax.jacfwd`` of one term's part of ``F`` (``m`` tangents) vmapped over
+        the terms, shape ``(terms, m, m)``, summed over the data. With ``residual_only=True``
         the residuals are held fixed, which leaves the residual-weighted part
         ``2 sum_n r_n Hess T_j(x_n)``; the full block is that plus ``2 J_j^T J_j``. Cost: ``m``
-        forward tangents of one pass over the data per rank.
+        forward tangents of one pass over the data per term.
         """
 
         def fn(x, y, w, basis):
-            values = aion_values(self.theta, delta, basis, x)
+            values = self._term_values(delta, x, basis)
             residual = jnp.sum(values, axis=1) - y
-            others = residual[:, None] - values  # residual without rank j's own term
+            others = residual[:, None] - values  # residual without term j's own value
             weight = jnp.ones_like(y) if w is None else w
-            basis_by_rank = (
-                jnp.zeros((x.shape[0], self.rank, 0)) if basis is None else basis
-            )
+            by_term = self._basis_by_term(x.shape[0]) if basis is None else basis
 
-            def rank_gradient(delta_j, theta_j, basis_j, others_j):
-                b = None if basis is None else basis_j[:, None]
-                t_j, g_j = aion_terms(theta_j[None], delta_j[None], b, x)
-                t_j = t_j[:, 0]
+            def term_gradient(delta_j, theta_j, basis_j, others_j):
+                t_j, g_j = self._one_term(theta_j, delta_j, x, None if basis is None else basis_j)
                 r = weight * (others_j + (jax.lax.stop_gradient(t_j) if residual_only else t_j))
-                return 2 * (r @ (weight[:, None] * g_j.reshape(g_j.shape[0], -1)))
+                return 2 * (r @ (weight[:, None] * g_j))
 
             def block(delta_j, theta_j, basis_j, others_j):
                 return jax.jacfwd(
-                    lambda dj: rank_gradient(
-                        dj.reshape(delta_j.shape), theta_j, basis_j, others_j
-                    )
+                    lambda dj: term_gradient(dj.reshape(delta_j.shape), theta_j, basis_j, others_j)
                 )(delta_j.reshape(-1))
 
-            return jax.vmap(block, in_axes=(0, 0, 1, 1))(delta, self.theta, basis_by_rank, others)
+            return jax.vmap(block, in_axes=(0, 0, 1, 1))(delta, self.theta, by_term, others)
 
         return self._sum_over_data(fn)
 
-    # -- the full vectors, for the public F and the tests (unchunked) --------------------------
+    # -- the full vectors (unchunked) ----------------------------------------------------------
+
+    def residuals(self, delta: Array) -> Array:
+        """Residuals ``f(x_n) - y_n`` at ``Theta + delta`` (values only)."""
+        return self._chunk_residuals(delta, self.x, self.y, None, self._basis())
+
+    def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
+        """Residuals ``f(x_n) - y_n`` and the Jacobian of ``f``, ``(N, M)`` term-major."""
+        _, r, jac = self._chunk_terms(delta, self.x, self.y, None, self._basis())
+        return r, jac
+
+    def gradient(self, delta: Array) -> Array:
+        """``F(delta) = grad Phi(Theta + delta) = 2 J^T r``, shaped like ``theta``."""
+        return (2 * self.normal_equations(delta, gram=False).g).reshape(self.theta.shape)
+
+
+class AIONResummation(DataProblem):
+    """An AION problem over its data, evaluated through the resummation.
+
+    With the data whole, the basis ``exp(z(x_n; Theta))`` is stored (``N r d P`` complex
+    numbers) and each evaluation applies the shift ``exp(<a, Delta>)``. In chunks, the
+    exponentials are evaluated per chunk at ``Theta + Delta`` (the same numbers, nothing
+    ``N``-sized stored). The closed-form Jacobian makes a pass several times cheaper than
+    autodiff of the model.
+    """
+
+    basis: Complex[Array, "N rank dim terms"] | None
+
+    def __init__(self, model: AION, x: Array, y: Array, chunk_size: int | None = None):
+        self.theta = stack_params(model)
+        self.num_data = x.shape[0]
+        self.x, self.y, self.weight = chunk_data(x, y, chunk_size)
+        self.basis = None
+        if self.weight is None:
+            self.basis = atom_exponentials(
+                model.alpha[None], model.omega[None], model.phi[None], x[:, None, :]
+            )
+
+    def _basis(self):
+        return self.basis
+
+    def _terms(self, delta, x, basis):
+        values, grads = aion_terms(self.theta, delta, basis, x)
+        return values, grads.reshape(*grads.shape[:2], -1)
+
+    def _term_values(self, delta, x, basis):
+        return aion_values(self.theta, delta, basis, x)
+
+    def _one_term(self, theta_j, delta_j, x, basis_j):
+        b = None if basis_j is None else basis_j[:, None]
+        t, g = aion_terms(theta_j[None], delta_j[None], b, x)
+        return t[:, 0], g.reshape(g.shape[0], -1)
 
     def rank_terms(self, delta: Array) -> tuple[Array, Array]:
         """Per-rank values ``(N, r)`` and gradients ``(N, r, 4, d', P)`` at ``Theta + delta``."""
         return aion_terms(self.theta, delta, self.basis, self.x)
 
-    def residuals(self, delta: Array) -> Array:
-        """Residuals ``f(x_n) - y_n`` at ``Theta + delta`` (values only)."""
-        return self._chunk_residuals(delta, self.x, self.y, None, self.basis)
-
-    def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
-        """Residuals ``f(x_n) - y_n`` and the Jacobian of ``f``, ``(N, M)`` rank-major."""
-        _, r, jac = self._chunk_terms(delta, self.x, self.y, None, self.basis)
-        return r, jac
-
-    def gradient(self, delta: Array) -> Array:
-        """``F(delta) = grad Phi(Theta + delta) = 2 J^T r``, stacked like ``theta``."""
-        return (2 * self.normal_equations(delta, gram=False).g).reshape(self.theta.shape)
+    def to_model(self, theta: Array, like):
+        return unstack_params(theta, like)
 
 
 class ResummedResidual(eqx.Module):
@@ -359,21 +431,29 @@ class ResummedResidual(eqx.Module):
     ``A, alpha, omega, phi`` and, within each, row-major over ``(dims, terms)``).
     """
 
-    resummation: AIONResummation  # or a GridResummation for grid data
-    structure: AION  # the filtered model, used as the template for inputs and outputs
+    resummation: DataProblem  # AION's, GaussianAtoms', a grid's, or the autodiff one
+    structure: object  # the filtered model, used as the template for inputs and outputs
+
+    def _stack(self, delta):
+        from ._terms import stack_tree
+
+        return stack_tree(self.structure, delta)
 
     # Each method is compiled once per shape (eqx.filter_jit), so that calling F eagerly is
     # as fast as calling it inside the user's own jit.
     @eqx.filter_jit
     def __call__(self, delta):
-        return unstack_params(self.resummation.gradient(stack_params(delta)), self.structure)
+        from ._terms import unstack_tree
+
+        gradient = self.resummation.gradient(self._stack(delta))
+        return eqx.filter(unstack_tree(self.structure, gradient), eqx.is_inexact_array)
 
     @eqx.filter_jit
     def loss(self, delta) -> Array:
         """``Phi = sum_n (f(x_n) - y_n)^2`` at ``model + delta``."""
-        return self.resummation.normal_equations(stack_params(delta), gram=False).loss
+        return self.resummation.normal_equations(self._stack(delta), gram=False).loss
 
     @eqx.filter_jit
     def rank_blocks(self, delta) -> Array:
         """Per-rank Hessian blocks of ``Phi`` at ``model + delta``, shape ``(rank, m, m)``."""
-        return self.resummation.rank_blocks(stack_params(delta))
+        return self.resummation.rank_blocks(self._stack(delta))

@@ -10,10 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import check_data, check_grid, check_params_finite
-from ._grid import GridData, GridResummation
+from ._grid import GridData
 from ._linear_solve import default_chunk_size, resolve_linear_solver
 from ._models._aion import AION
-from ._resummation import AIONResummation, ResummedResidual, stack_params, unstack_params
+from ._models._protocol import SumOfTerms
+from ._resummation import ResummedResidual
+from ._terms import make_problem, stack_tree, unstack_tree
 from ._snr import SNROptions, run_snr
 from ._solution import RESULTS, SolveHistory, SolveInfo
 
@@ -46,10 +48,10 @@ def resummed_residual(model: AION, x, y=None) -> ResummedResidual:
     ```
     """
     if isinstance(x, GridData):
-        problem = GridResummation(model, check_grid(model, x, y, "resummed_residual"))
+        problem = make_problem(model, check_grid(model, x, y, "resummed_residual"), None)
     else:
         x, y = check_data(model, x, y, "resummed_residual")
-        problem = AIONResummation(model, x, y)
+        problem = make_problem(model, x, y)
     return ResummedResidual(
         resummation=problem,
         structure=eqx.filter(model, eqx.is_inexact_array),
@@ -76,34 +78,43 @@ def _gauge_mask(model: AION) -> jax.Array:
     return keep.reshape(size)
 
 
-def _trainable_mask(model: AION, trainable) -> jax.Array:
-    """A boolean vector over the stacked parameters from an equinox-style filter spec."""
-    if trainable is None:
-        return jnp.ones(4 * model.A.size, bool)
-    if isinstance(trainable, bool):
-        return jnp.full(4 * model.A.size, trainable)
-    if not isinstance(trainable, AION):
+def trainable_leaves(model: SumOfTerms, trainable):
+    """The ``trainable`` filter spec as a pytree of boolean arrays shaped like the model's
+    parameters (``eqx.filter(model, eqx.is_inexact_array)``)."""
+    params = eqx.filter(model, eqx.is_inexact_array)
+    if trainable is None or isinstance(trainable, bool):
+        flag = True if trainable is None else trainable
+        return jax.tree.map(lambda a: jnp.full(a.shape, flag), params)
+    if type(trainable) is not type(model):
         raise TypeError(
             "solve: `trainable` must be None, a bool, or a pytree with the model's structure "
             "whose leaves are bools (e.g. `jax.tree.map(lambda _: True, model)` edited with "
             f"`eqx.tree_at`), got {type(trainable).__name__}."
         )
-    parts = []
-    for name in ("A", "alpha", "omega", "phi"):
-        leaf = getattr(trainable, name)
-        leaf_array = np.asarray(leaf) if not isinstance(leaf, jax.Array) else leaf
-        if leaf_array.dtype != bool:
+    leaves, treedef = jax.tree.flatten(params)
+    flags = jax.tree.leaves(trainable)
+    if len(flags) != len(leaves):
+        raise ValueError("solve: `trainable` must have one leaf per parameter array of the model.")
+    out = []
+    for flag, leaf in zip(flags, leaves):
+        flag_array = np.asarray(flag) if not isinstance(flag, jax.Array) else flag
+        if flag_array.dtype != bool:
             raise TypeError(
-                f"solve: `trainable.{name}` must be a bool or a boolean array, got {leaf!r}."
+                f"solve: the leaves of `trainable` must be bools or boolean arrays, got {flag!r}."
             )
         try:
-            parts.append(jnp.broadcast_to(leaf_array, model.A.shape))
+            out.append(jnp.broadcast_to(flag_array, leaf.shape))
         except ValueError:
             raise ValueError(
-                f"solve: `trainable.{name}` of shape {leaf_array.shape} does not broadcast "
-                f"to the parameter shape {model.A.shape}."
+                f"solve: a `trainable` leaf of shape {flag_array.shape} does not broadcast to "
+                f"the parameter shape {leaf.shape}."
             ) from None
-    return jnp.stack(parts, axis=1).reshape(-1)  # the layout of stack_params
+    return jax.tree.unflatten(treedef, out)
+
+
+def _trainable_mask(model: SumOfTerms, trainable) -> jax.Array:
+    """A boolean vector over the solver's flat parameters from an equinox-style filter spec."""
+    return stack_tree(model, trainable_leaves(model, trainable)).reshape(-1)
 
 
 @jax.custom_jvp
@@ -128,19 +139,18 @@ def _solve_jit(model, x, y, mask, options: SNROptions, chunk_size: int | None = 
     params, static = eqx.partition(model, eqx.is_inexact_array)
     params, x, y = _no_derivative((params, x, y))
     model = eqx.combine(params, static)
-    if isinstance(x, GridData):
-        problem = GridResummation(model, x)
-    else:
-        problem = AIONResummation(model, x, y, chunk_size=chunk_size)
+    problem = make_problem(model, x, y, chunk_size)
     out = run_snr(problem, mask, options, initial_damping)
     theta_star = problem.theta + out.delta.reshape(problem.theta.shape)
-    model_star = unstack_params(theta_star, model)
+    model_star = unstack_tree(model, theta_star)
     history = None
     if out.history is not None:
         thetas = problem.theta[None] + out.history.delta.reshape(-1, *problem.theta.shape)
         history = SolveHistory(
             loss=out.history.loss,
-            params=jax.vmap(lambda t: unstack_params(t, params))(thetas),
+            params=jax.vmap(lambda t: eqx.filter(unstack_tree(model, t), eqx.is_inexact_array))(
+                thetas
+            ),
             damping=out.history.damping,
             accepted=out.history.accepted,
         )
@@ -193,7 +203,7 @@ def _prepare(model, x, y, caller, *, max_steps=256, linear_solver="auto",
     tolerances = dict(xtol=xtol, ftol=ftol, grad_atol=grad_atol, grad_rtol=grad_rtol,
                       loss_atol=loss_atol, loss_rtol=loss_rtol, initial_damping=initial_damping)
     _check_options(max_steps, hessian, tolerances)
-    num_params = 4 * model.A.size
+    num_params = model.num_params
     itemsize = jnp.dtype(model.dtype).itemsize
     if chunk_size == "auto":
         chunk_size = default_chunk_size(num_data, num_params, itemsize)
@@ -210,7 +220,7 @@ def _prepare(model, x, y, caller, *, max_steps=256, linear_solver="auto",
         linear_solver, num_data, num_params, itemsize, chunked=chunk_size is not None
     )
     mask = _trainable_mask(model, trainable)
-    if fix_gauge:
+    if fix_gauge and isinstance(model, AION):
         mask = mask & _gauge_mask(model)
     options = SNROptions(
         max_steps=int(max_steps),

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
+from ._protocol import SumOfTerms
+
 _FIELDS = ("A", "alpha", "omega", "phi")
 
 
@@ -66,7 +68,7 @@ def leave_one_out_products(psi: Array) -> tuple[Array, Array]:
     return loo, total
 
 
-class AION(eqx.Module):
+class AION(SumOfTerms):
     r"""Analytic, Infinitely-Optimisable Network.
 
     .. math::
@@ -205,6 +207,11 @@ class AION(eqx.Module):
         e = atom_exponentials(self.alpha, self.omega, self.phi, x[None, :])
         # A is real, so Re(A e^z) = A Re(e^z): no complex-real promotion needed.
         return jnp.sum(self.A * jnp.real(e), axis=-1)
+
+    def term(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
+        """One rank ``T_j(x) = prod_i psi_ji(x_i)``, on a module holding that rank only."""
+        e = atom_exponentials(self.alpha, self.omega, self.phi, x)  # (d, P)
+        return jnp.prod(jnp.sum(self.A * jnp.real(e), axis=-1))
 
     def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
         """``f(x)`` for one point ``x`` of shape ``(dim,)``."""

@@ -1,0 +1,72 @@
+"""ShallowNetwork: one hidden layer, a sum over hidden units with disjoint parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
+
+from ._aion import default_float_dtype
+from ._protocol import SumOfTerms
+
+
+class ShallowNetwork(SumOfTerms):
+    r"""A one-hidden-layer network, ``f(x) = sum_j c_j sigma(w_j . x + b_j)``.
+
+    Each hidden unit is a term with its own parameters ``(c_j, w_j, b_j)``, so the Hessian of
+    the squared loss is block-diagonal over the units plus the low-rank coupling ``2 J^T J``:
+    :func:`infinite_descent.solve` takes the exact structured step by autodiff (no closure, so
+    no resummation). Fields: ``c`` ``(width,)``, ``w`` ``(width, dim)``, ``b`` ``(width,)``.
+    Cost of a pass: ``O(N width dim)`` per tangent.
+
+    **Default initialisation** (``key``): ``w ~ N(0, 1 / dim)``, ``b ~ N(0, 1)``,
+    ``c ~ N(0, 1 / width)``; ``activation`` defaults to ``tanh`` (any smooth
+    ``jnp -> jnp`` function).
+
+    ```python
+    net = idn.ShallowNetwork(width=16, dim=1, key=jax.random.key(0))
+    xs = jnp.linspace(-1, 1, 200)[:, None]
+    net, info = idn.solve(net, xs, jnp.sin(3 * xs[:, 0]), throw=False)
+    print(float(info.loss), int(info.inner_steps))
+    ```
+    """
+
+    c: Float[Array, " width"]
+    w: Float[Array, "width dim"]
+    b: Float[Array, " width"]
+    dim: int = eqx.field(static=True)
+    activation: Callable = eqx.field(static=True)
+
+    def __init__(self, width: int, dim: int, *, key: PRNGKeyArray | None = None,
+                 activation: Callable = jnp.tanh, dtype=None, c: ArrayLike | None = None,
+                 w: ArrayLike | None = None, b: ArrayLike | None = None):
+        for name, value in (("width", width), ("dim", dim)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"ShallowNetwork: `{name}` must be a positive integer, got {value!r}."
+                )
+        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+        if (c is None or w is None or b is None) and key is None:
+            raise ValueError("ShallowNetwork: pass `key` or all of c, w, b.")
+        kc, kw, kb = jax.random.split(key, 3) if key is not None else (None,) * 3
+        self.c = (jnp.broadcast_to(jnp.asarray(c, dtype), (width,)) if c is not None
+                  else jax.random.normal(kc, (width,), dtype) / jnp.sqrt(width))
+        self.w = (jnp.broadcast_to(jnp.asarray(w, dtype), (width, dim)) if w is not None
+                  else jax.random.normal(kw, (width, dim), dtype) / jnp.sqrt(dim))
+        self.b = (jnp.broadcast_to(jnp.asarray(b, dtype), (width,)) if b is not None
+                  else jax.random.normal(kb, (width,), dtype))
+        self.dim = dim
+        self.activation = activation
+
+    @property
+    def width(self) -> int:
+        return self.c.shape[0]
+
+    def term(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
+        return self.c * self.activation(self.w @ x + self.b)
+
+    def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
+        return self.c @ self.activation(self.w @ x + self.b)
