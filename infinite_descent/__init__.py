@@ -13,12 +13,14 @@ Public names:
 - :func:`solve`: the SNR solve, ``(model_star, info)``.
 - :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
 - :func:`multistart`: many starts at once under ``jax.vmap``, the best kept.
+- :func:`expand`: grow a model a term at a time (iterative architecture expansion).
 - :class:`SolveInfo`, :class:`SolveHistory`, :class:`SolveOnceState`, :class:`RESULTS`: what a
   solve reports.
 - :mod:`problems`: the paper's toy and certified reference problems.
 """
 
 from . import problems
+from ._expand import ExpansionStep, expand
 from ._grid import GridData
 from ._models import AION, GaussianAtoms, ShallowNetwork, SumOfTerms
 from ._multistart import MultistartInfo, multistart
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AION",
+    "ExpansionStep",
     "GaussianAtoms",
     "GridData",
     "MultistartInfo",
@@ -39,6 +42,7 @@ __all__ = [
     "SolveInfo",
     "SolveOnceState",
     "SumOfTerms",
+    "expand",
     "multistart",
     "problems",
     "resummed_residual",
