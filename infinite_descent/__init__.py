@@ -24,6 +24,7 @@ from ._expand import ExpansionStep, expand
 from ._grid import GridData
 from ._models import AION, GaussianAtoms, ShallowNetwork, SumOfTerms
 from ._multistart import MultistartInfo, multistart
+from ._pencil import matrix_pencil
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import resummed_residual, solve
 from ._transform import SolveOnceState, solve_once
@@ -43,6 +44,7 @@ __all__ = [
     "SolveOnceState",
     "SumOfTerms",
     "expand",
+    "matrix_pencil",
     "multistart",
     "problems",
     "resummed_residual",
