@@ -109,8 +109,12 @@ def main() -> None:
             "optax L-BFGS": peers.optax_lbfgs(x, y, max_steps=1000),
             "optax Adam": peers.optax_adam(x, y, learning_rate=1e-2, steps=2000),
         }
-        runs = {name: [runner(prob["start"](i), repeats=1, trace=True)
-                       for i in range(args.starts)] for name, runner in runners.items()}
+        runs = {}
+        for name, runner in runners.items():
+            t0 = time.perf_counter()
+            runs[name] = [runner(prob["start"](i), repeats=1, trace=True)
+                          for i in range(args.starts)]
+            print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         scale = float(np.sum(np.asarray(y) ** 2))
         best = min(r.final_loss for rs in runs.values() for r in rs)
         level = 1e-20 * scale if prob["exact"] else 1.01 * best + 1e-30 * scale
@@ -139,10 +143,11 @@ def main() -> None:
             ("to_target_ratio_to_id", "to-target / ID"), ("median_passes", "passes"),
             ("median_relative_loss", "median Phi/sum y^2"),
         ])
-    path = write_json(args.out, "versus_peers.json", {
-        "machine": machine(), "starts": args.starts, "results": results,
-        "seconds": time.perf_counter() - began,
-    })
+        # Written after every problem, so that a long sweep leaves its finished part behind.
+        path = write_json(args.out, "versus_peers.json", {
+            "machine": machine(), "starts": args.starts, "results": results,
+            "seconds": time.perf_counter() - began,
+        })
     print(f"\nwrote {path} ({time.perf_counter() - began:.0f} s)")
 
 

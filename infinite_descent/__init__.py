@@ -14,6 +14,7 @@ Public names:
 - :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
 - :func:`multistart`: many starts at once under ``jax.vmap``, the best kept.
 - :func:`expand`: grow a model a term at a time (iterative architecture expansion).
+- :func:`matrix_pencil`: a non-iterative AION start for one-dimensional data on a uniform grid.
 - :class:`SolveInfo`, :class:`SolveHistory`, :class:`SolveOnceState`, :class:`RESULTS`: what a
   solve reports.
 - :mod:`problems`: the paper's toy and certified reference problems.

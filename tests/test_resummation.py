@@ -126,3 +126,30 @@ def test_rank_blocks_residual_part_plus_gauss_newton_is_the_block():
     for j in range(3):
         jj = jac[:, j * m : (j + 1) * m]
         assert relative_error(residual_part[j] + 2 * jj.T @ jj, full[j]) < 1e-12
+
+
+def reference_residuals(theta, x, y):
+    A, al, om, ph = (theta[:, k][None] for k in range(4))
+    xs = x[:, None, :, None]
+    atoms = jnp.sum(A * jnp.exp(al * xs) * jnp.cos(om * xs + ph), axis=-1)
+    return jnp.sum(jnp.prod(atoms, axis=-1), axis=-1) - y
+
+
+@pytest.mark.parametrize("case", CASES[::3])
+def test_geodesic_rhs_is_jacobian_transpose_times_second_directional_derivative(case):
+    from infinite_descent._resummation import AIONResummation
+
+    model, x, y, delta = random_problem(case, 0)
+    problem = AIONResummation(model, x, y)
+    d = 0.3 * stacked(delta)
+    v = jax.random.normal(jax.random.key(7), d.shape)
+    theta = stacked(model) + d
+
+    def along(t):
+        return reference_residuals(theta + t * v, x, y)
+
+    r_vv = jax.jvp(lambda t: jax.jvp(along, (t,), (1.0,))[1], (0.0,), (1.0,))[1]
+    jac = jax.jacfwd(lambda th: reference_residuals(th, x, y))(theta).reshape(x.shape[0], -1)
+    want = jac.T @ r_vv
+    got = problem.geodesic_rhs(d, v.reshape(-1))
+    assert relative_error(got.reshape(-1), want) < 1e-10

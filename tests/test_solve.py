@@ -234,7 +234,7 @@ class TestBadInput:
     @pytest.mark.parametrize(
         "kwargs",
         [dict(linear_solver="qr"), dict(hessian="bfgs"), dict(max_steps=-1), dict(xtol=-1.0),
-         dict(loss_atol=float("nan"))],
+         dict(loss_atol=float("nan")), dict(geodesic="sometimes")],
     )
     def test_bad_options(self, kwargs):
         with pytest.raises(ValueError):
@@ -305,3 +305,36 @@ def test_fix_gauge_holds_one_amplitude_per_rank_and_later_dimension(toy):
     # Shared dimensions have no gauge freedom: nothing is held.
     shared, info_shared = idn.solve(idn.problems.paper_toy_start(), x, y, fix_gauge=True)
     assert float(info_shared.loss) < 1e-20
+
+
+@pytest.mark.parametrize("geodesic", [False, True, "auto"])
+def test_geodesic_modes_solve_the_toy_and_count_their_passes(toy, geodesic):
+    x, y = toy
+    start = idn.problems.random_toy_start(jax.random.key(3), shared_dims=False)
+    model, info = idn.solve(start, x, y, geodesic=geodesic, linear_solver="dense")
+    assert float(info.loss) < 1e-20
+    inner, passes = int(info.inner_steps), int(info.data_passes)
+    # One pass to start, one per iteration, and one more per accelerated iteration.
+    if geodesic is True:
+        assert passes == 1 + 2 * inner
+    elif geodesic is False:
+        assert passes == 1 + inner
+    else:
+        assert 1 + inner <= passes <= 1 + 2 * inner
+
+
+def test_geodesic_acceleration_gets_through_a_valley_plain_lm_creeps_along():
+    # A two-term target (rank 3, dim 3, 72 parameters) from a start 1% off: near-coincident
+    # terms make a narrow valley. Measured: plain LM 119 inner iterations, the default 75.
+    k1, k2, k3 = jax.random.split(jax.random.key(501), 3)
+    target = idn.AION(3, 3, 2, key=k1)
+    x = jax.random.uniform(k2, (2000, 3), minval=-1.0, maxval=1.0)
+    y = jax.vmap(target)(x)
+    leaves, treedef = jax.tree.flatten(target)
+    keys = jax.random.split(k3, len(leaves))
+    start = jax.tree.unflatten(treedef, [
+        a * (1 + 0.01 * jax.random.normal(k, a.shape)) for k, a in zip(keys, leaves)])
+    _, plain = idn.solve(start, x, y, geodesic=False, throw=False)
+    _, default = idn.solve(start, x, y, throw=False)
+    assert float(default.loss) < 1e-20
+    assert int(default.inner_steps) < int(plain.inner_steps)
