@@ -109,7 +109,8 @@ def main() -> None:
                          "inner_steps": lm.outer_steps, "data_passes": lm.data_passes,
                          "ms": lm.wall_ms})
             print(f"{spread:g} {name}: " + ", ".join(
-                f"{r['method']} {r['loss']:.1e} ({r['inner_steps']})" for r in rows[-5:]),
+                f"{r['method']} {r['loss']:.1e} ({r['inner_steps']})"
+                for r in rows[-(len(variants) + 1):]),
                 flush=True)
 
     multi = []

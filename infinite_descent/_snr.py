@@ -13,6 +13,9 @@ Levenberg-Marquardt globalisation of Newton's method:
 - the gain ratio ``rho`` (actual over predicted decrease of ``Phi``) accepts the step only if
   ``Phi`` falls, and adapts ``mu`` by Nielsen's rule (``mu *= max(1/3, 1 - (2 rho - 1)^3)`` on
   success, ``mu *= nu, nu *= 2`` on failure);
+- geodesic acceleration (Transtrum & Sethna) adds ``a / 2`` to the step ``v``, with
+  ``(G + mu D) a = -J^T r_vv`` from the same factorisation; ``"auto"`` switches it on once
+  the loop creeps (several accepted steps in a row with a poor gain ratio);
 - it is a bounded ``jax.lax.while_loop``: no Python loop, no host round-trip.
 
 The loop never returns a point with a larger ``Phi`` than the start.
@@ -44,9 +47,10 @@ class SNROptions(NamedTuple):
     loss_rtol: float
     initial_damping: float
     record_history: bool = False
-    geodesic: str = "off"  # "off", "on", or "auto" (on after a step the model predicted poorly)
+    geodesic: str = "off"  # "off", "on", or "auto" (on once the loop is seen creeping)
     geodesic_ratio: float = 0.75
     geodesic_threshold: float = 0.75
+    geodesic_patience: int = 5
     verbose: bool = False
 
 
@@ -83,7 +87,8 @@ class _Carry(NamedTuple):
     accepted: jax.Array
     passes: jax.Array
     done: jax.Array
-    rho: jax.Array  # the last gain ratio (0 after a rejected step)
+    creeping: jax.Array  # consecutive accepted steps with a gain ratio below the threshold
+    accelerate: jax.Array  # whether the geodesic acceleration is on ("auto" turns it on once)
     result: RESULTS
     history: SNRHistory | None
 
@@ -184,7 +189,8 @@ def run_snr(
         accepted=jnp.asarray(0, jnp.int32),
         passes=jnp.asarray(passes_per_eval, jnp.int32),
         done=~(data_ok & start_ok) | converged_at(loss0, eq0.g) | ~jnp.any(mask),
-        rho=jnp.asarray(1.0, dtype),
+        creeping=jnp.asarray(0, jnp.int32),
+        accelerate=jnp.asarray(options.geodesic == "on"),
         result=result0,
         history=history0,
     )
@@ -220,10 +226,11 @@ def run_snr(
             if options.geodesic == "on":
                 s, geodesic_ok, passes = accelerated(None)
             else:
-                # "auto": only after a step the quadratic model predicted poorly (a valley's
-                # curvature), so that well-modelled problems pay nothing for it.
+                # "auto": off until the loop creeps (several accepted steps in a row whose
+                # decrease the quadratic model overpredicted: the narrow valley where the
+                # damping stalls), then on for good; well-modelled problems pay nothing.
                 s, geodesic_ok, passes = jax.lax.cond(
-                    c.rho < options.geodesic_threshold, accelerated,
+                    c.accelerate, accelerated,
                     lambda _: (velocity, jnp.asarray(True), passes), None,
                 )
         else:
@@ -246,6 +253,8 @@ def run_snr(
         mu_accept = c.mu * jnp.maximum(1.0 / 3.0, 1 - (2 * ratio_safe - 1) ** 3)
         mu = jnp.where(accept, mu_accept, c.mu * c.nu)
         nu = jnp.where(accept, 2.0, 2 * c.nu).astype(dtype)
+
+        creeping = jnp.where(accept & (ratio < options.geodesic_threshold), c.creeping + 1, 0)
 
         def pick(new, old):
             return jax.tree.map(lambda a, b: jnp.where(accept, a, b), new, old)
@@ -292,7 +301,8 @@ def run_snr(
             accepted=c.accepted + accept.astype(jnp.int32),
             passes=c.passes + passes_per_step + passes,
             done=done,
-            rho=jnp.where(accept, ratio, 0.0).astype(dtype),
+            creeping=creeping,
+            accelerate=c.accelerate | (creeping >= options.geodesic_patience),
             result=c.result,
             history=history,
         )

@@ -329,10 +329,12 @@ def solve(
       second-order correction ``a / 2``, ``(G + mu D) a = -J^T r_vv``, with ``r_vv`` the exact
       second directional derivative of the residuals along ``v`` (a JVP of a JVP) and the
       factorisation already at hand; it costs one more pass over the data where it is used,
-      and is taken only if ``2 |a| <= 0.75 |v|``. ``"auto"`` (the default) uses it on the
-      iterations after a step whose decrease the quadratic model predicted poorly (gain
-      ratio below 0.75): in the narrow valleys of separable models, where plain
-      Levenberg-Marquardt creeps. ``True`` uses it on every iteration, ``False`` never.
+      and is taken only if ``2 |a| <= 0.75 |v|``. ``"auto"`` (the default) turns it on, for
+      the rest of the solve, once five accepted steps in a row have each decreased ``Phi``
+      by less than 0.75 of what the quadratic model predicted: the creeping of plain
+      Levenberg-Marquardt in the narrow valleys of separable models, where the damping
+      stalls. Problems the model predicts well never pay for it. ``True`` uses it on every
+      iteration, ``False`` never.
     - ``chunk_size``: ``"auto"`` (the default: whole data when the ``N x M`` Jacobian fits an
       eighth of the memory, else chunks), ``None`` (never chunk) or ``K``: every sum over the
       data is accumulated ``K`` points at a time, so memory is ``O(M^2 + K M)``, never
