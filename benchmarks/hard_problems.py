@@ -1,7 +1,7 @@
 """The hard class: exactly representable AION targets with two terms per atom (float64).
 
-    python -m benchmarks.hard_problems [--out results] [--problems 8] [--spreads 0.01,0.1,0.3]
-                                       [--quick]
+    python -m benchmarks.hard_problems [--out results] [--problems 8] [--first 0]
+                                       [--spreads 0.01,0.1,0.3] [--quick]
 
 Eight random targets (``AION``'s default initialisation; rank and dimension cycling through
 (4, 4), (3, 3), (4, 3), (3, 4); two terms; ``N = 2000`` uniform points in ``[-1, 1]^d``), each
@@ -75,8 +75,10 @@ def main() -> None:
     p.add_argument("--problems", type=int, default=8)
     p.add_argument("--spreads", default="0.01,0.1,0.3",
                    help="which start spreads to run (comma-separated, from 0.01, 0.1, 0.3)")
+    p.add_argument("--first", type=int, default=0, help="index of the first problem to run")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args()
+    problems = range(args.first, args.first + args.problems)
     spreads = {float(v) for v in args.spreads.split(",")}
     n = 500 if args.quick else 2000
     began = time.perf_counter()
@@ -84,7 +86,7 @@ def main() -> None:
     for spread, level in ((0.01, 1e-20), (0.10, 1e-16)):
         if spread not in spreads:
             continue
-        for i in range(args.problems):
+        for i in problems:
             name, start, x, y = _problem(i, spread, n)
             variants = {
                 "idn.solve (default)": dict(),
@@ -114,7 +116,7 @@ def main() -> None:
                 flush=True)
 
     multi = []
-    for i in range(args.problems if 0.3 in spreads else 0):
+    for i in problems if 0.3 in spreads else ():
         name, start, x, y = _problem(i, 0.30, n)
         starts = draw_starts(start, 16, jax.random.key(7), 0.3)  # the ones multistart draws
         (best, info), ms = _timed_twice(lambda: idn.multistart(
@@ -133,6 +135,9 @@ def main() -> None:
         print(f"0.3 {name}: multistart {multi[-1]['multistart_loss']:.1e} in {ms:.0f} ms "
               f"(utilisation {info.lane_utilisation:.2f}); 16 LM best {best_lm:.1e} in "
               f"{multi[-1]['lm_sequential_ms']:.0f} ms", flush=True)
+        # Kept after every problem: a long sweep leaves its finished part behind.
+        write_json(args.out, "hard_problems.json", {"machine": machine(), "N": n, "rows": rows,
+                                                    "multistart": multi, "partial": True})
 
     summary = []
     for spread in sorted(spreads - {0.3}):
