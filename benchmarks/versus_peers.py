@@ -97,12 +97,14 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--starts", type=int, default=8)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--only", default="", help="run only the problems whose name contains this")
+    p.add_argument("--only", default="",
+                   help="run only the problems whose name contains these words, e.g. N=100000")
     args = p.parse_args()
     began = time.perf_counter()
     results = []
     for prob in _problems(args.quick):
-        if args.only not in prob["name"]:
+        # Whole words: "N=100000" must not pick "N=1000000" too.
+        if args.only and f" {args.only} " not in f" {prob['name']} ":
             continue
         x, y = prob["x"], prob["y"]
         print(f"{prob['name']} ...", flush=True)
