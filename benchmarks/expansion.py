@@ -27,7 +27,6 @@ LEVEL = 1e-20
 def main() -> None:
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import infinite_descent as idn
 

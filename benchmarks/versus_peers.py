@@ -36,7 +36,6 @@ METHODS = ("Infinite Descent", "optimistix LevenbergMarquardt", "scipy least_squ
 def _problems(quick: bool):
     import jax
     import jax.numpy as jnp
-    import numpy as np
 
     import infinite_descent as idn
 

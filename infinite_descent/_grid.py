@@ -21,7 +21,6 @@ from __future__ import annotations
 import string
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float

@@ -1,6 +1,5 @@
 """multistart: a batch of starts under vmap, the best kept, every start accounted for."""
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._protocol import SumOfTerms
+from ._protocol import SumOfTerms, check_sizes, separable_parameters
 
 _FIELDS = ("A", "alpha", "omega", "phi")
 
@@ -142,9 +142,7 @@ class AION(SumOfTerms):
         omega: ArrayLike | None = None,
         phi: ArrayLike | None = None,
     ):
-        for name, value in (("rank", rank), ("dim", dim), ("terms", terms)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"AION: `{name}` must be a positive integer, got {value!r}.")
+        check_sizes("AION", rank=rank, dim=dim, terms=terms)
         dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"AION: `dtype` must be a real floating dtype, got {dtype}.")
@@ -157,26 +155,10 @@ class AION(SumOfTerms):
             )
         bounds = {"A": (0.5, 1.5), "alpha": (-0.5, 0.5), "omega": (1.0, 5.0),
                   "phi": (-math.pi, math.pi)}
-        keys = jax.random.split(key, 4) if key is not None else [None] * 4
-        values = {}
-        for k, name in zip(keys, _FIELDS):
-            value = given[name]
-            if value is None:
-                low, high = bounds[name]
-                value = jax.random.uniform(k, shape, dtype, low, high)
-            else:
-                value = jnp.asarray(value)
-                if not (jnp.issubdtype(value.dtype, jnp.floating)
-                        or jnp.issubdtype(value.dtype, jnp.integer)):
-                    raise TypeError(f"AION: `{name}` must be real, got dtype {value.dtype}.")
-                try:
-                    value = jnp.broadcast_to(value.astype(dtype), shape)
-                except ValueError:
-                    raise ValueError(
-                        f"AION: `{name}` of shape {value.shape} does not broadcast to the "
-                        f"parameter shape {shape} (rank, {'1' if shared_dims else 'dim'}, terms)."
-                    ) from None
-            values[name] = value
+        values = separable_parameters(
+            "AION", shape, given, bounds, key, dtype,
+            f"(rank, {'1' if shared_dims else 'dim'}, terms)",
+        )
         self.A = values["A"]
         self.alpha = values["alpha"]
         self.omega = values["omega"]

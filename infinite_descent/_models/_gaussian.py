@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._aion import default_float_dtype
-from ._protocol import SumOfTerms
+from ._protocol import SumOfTerms, check_sizes, separable_parameters
 
 
 class GaussianAtoms(SumOfTerms):
@@ -47,26 +46,17 @@ class GaussianAtoms(SumOfTerms):
     def __init__(self, rank: int, dim: int, terms: int, *, key: PRNGKeyArray | None = None,
                  shared_dims: bool = False, dtype=None, A: ArrayLike | None = None,
                  a: ArrayLike | None = None, m: ArrayLike | None = None):
-        for name, value in (("rank", rank), ("dim", dim), ("terms", terms)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"GaussianAtoms: `{name}` must be a positive integer, got {value!r}."
-                )
+        check_sizes("GaussianAtoms", rank=rank, dim=dim, terms=terms)
         dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
         shape = (rank, 1 if shared_dims else dim, terms)
         given = {"A": A, "a": a, "m": m}
         if any(v is None for v in given.values()) and key is None:
             raise ValueError("GaussianAtoms: pass `key` or all of A, a, m.")
         bounds = {"A": (0.5, 1.5), "a": (1.0, 5.0), "m": (-1.0, 1.0)}
-        keys = jax.random.split(key, 3) if key is not None else [None] * 3
-        values = {}
-        for k, name in zip(keys, ("A", "a", "m")):
-            value = given[name]
-            if value is None:
-                value = jax.random.uniform(k, shape, dtype, *bounds[name])
-            else:
-                value = jnp.broadcast_to(jnp.asarray(value, dtype), shape)
-            values[name] = value
+        values = separable_parameters(
+            "GaussianAtoms", shape, given, bounds, key, dtype,
+            f"(rank, {'1' if shared_dims else 'dim'}, terms)",
+        )
         self.A, self.a, self.m = values["A"], values["a"], values["m"]
         self.rank, self.dim, self.terms = rank, dim, terms
         self.shared_dims = bool(shared_dims)

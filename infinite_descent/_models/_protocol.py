@@ -78,3 +78,39 @@ class SumOfTerms(eqx.Module):
     def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
         """``f(x) = sum_j g(x; theta_j)`` for one point ``x`` of shape ``(dim,)``."""
         return jnp.sum(self.term_values(x))
+
+
+def check_sizes(owner: str, **sizes) -> None:
+    """Raise a clear ``ValueError`` unless every size is a positive (non-bool) integer."""
+    for name, value in sizes.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
+
+
+def separable_parameters(owner: str, shape: tuple, given: dict, bounds: dict, key, dtype,
+                         shape_label: str) -> dict:
+    """The parameter arrays of a separable model, all of ``shape``.
+
+    Each entry of ``given`` (name -> value or ``None``) is broadcast to ``shape`` when given,
+    else drawn ``U(bounds[name])`` from its own split of ``key`` (the split is by position in
+    ``given``, so a model's defaults do not depend on which others were given).
+    """
+    keys = jax.random.split(key, len(given)) if key is not None else [None] * len(given)
+    values = {}
+    for k, (name, value) in zip(keys, given.items()):
+        if value is None:
+            low, high = bounds[name]
+            values[name] = jax.random.uniform(k, shape, dtype, low, high)
+            continue
+        value = jnp.asarray(value)
+        if not (jnp.issubdtype(value.dtype, jnp.floating)
+                or jnp.issubdtype(value.dtype, jnp.integer)):
+            raise TypeError(f"{owner}: `{name}` must be real, got dtype {value.dtype}.")
+        try:
+            values[name] = jnp.broadcast_to(value.astype(dtype), shape)
+        except ValueError:
+            raise ValueError(
+                f"{owner}: `{name}` of shape {value.shape} does not broadcast to the "
+                f"parameter shape {shape} {shape_label}."
+            ) from None
+    return values

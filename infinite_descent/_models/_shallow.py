@@ -10,7 +10,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
 from ._aion import default_float_dtype
-from ._protocol import SumOfTerms
+from ._protocol import SumOfTerms, check_sizes
 
 
 class ShallowNetwork(SumOfTerms):
@@ -43,11 +43,7 @@ class ShallowNetwork(SumOfTerms):
     def __init__(self, width: int, dim: int, *, key: PRNGKeyArray | None = None,
                  activation: Callable = jnp.tanh, dtype=None, c: ArrayLike | None = None,
                  w: ArrayLike | None = None, b: ArrayLike | None = None):
-        for name, value in (("width", width), ("dim", dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"ShallowNetwork: `{name}` must be a positive integer, got {value!r}."
-                )
+        check_sizes("ShallowNetwork", width=width, dim=dim)
         dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
         if (c is None or w is None or b is None) and key is None:
             raise ValueError("ShallowNetwork: pass `key` or all of c, w, b.")
