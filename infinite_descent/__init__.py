@@ -12,6 +12,8 @@ Public names:
 - :func:`resummed_residual`: ``F(delta) = grad Phi(model + delta)`` as a pure function.
 - :func:`solve`: the SNR solve, ``(model_star, info)``.
 - :func:`solve_once`: the solve as an optax ``GradientTransformationExtraArgs``.
+- :func:`regularized_newton`: fixed-regularization Newton steps as an optax transformation
+  (the method of the Newton-NTK analysis of shallow networks).
 - :func:`multistart`: many starts at once under ``jax.vmap``, the best kept.
 - :func:`expand`: grow a model a term at a time (iterative architecture expansion).
 - :func:`matrix_pencil`: a non-iterative AION start for one-dimensional data on a uniform grid.
@@ -25,6 +27,7 @@ from ._expand import ExpansionStep, expand
 from ._grid import GridData
 from ._models import AION, GaussianAtoms, ShallowNetwork, SumOfTerms
 from ._multistart import MultistartInfo, multistart
+from ._newton import NewtonState, regularized_newton
 from ._pencil import matrix_pencil
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import resummed_residual, solve
@@ -38,6 +41,7 @@ __all__ = [
     "GaussianAtoms",
     "GridData",
     "MultistartInfo",
+    "NewtonState",
     "RESULTS",
     "ShallowNetwork",
     "SolveHistory",
@@ -48,6 +52,7 @@ __all__ = [
     "matrix_pencil",
     "multistart",
     "problems",
+    "regularized_newton",
     "resummed_residual",
     "solve",
     "solve_once",

@@ -141,7 +141,7 @@ class DampedSystem(eqx.Module):
     ``"block"``, ``jac`` for ``"woodbury"``, ``rank_grams`` (the preconditioner) for ``"cg"``,
     whose products with ``J^T J`` go back to the data through ``problem`` at ``delta``.
     ``residual_blocks`` are the per-rank ``K_j`` or ``None`` (Gauss-Newton); ``mask`` zeroes
-    frozen parameters.
+    frozen parameters. ``indefinite_ok`` factors the dense system by LU rather than Cholesky.
     """
 
     strategy: str = eqx.field(static=True)
@@ -160,7 +160,8 @@ class DampedSystem(eqx.Module):
     cg_max_steps: int = eqx.field(static=True)
 
     def __init__(self, strategy, eq, scale, mu, block_size, mask, residual_blocks=None,
-                 problem=None, delta=None, cg_tolerance=1e-10, cg_max_steps=None):
+                 problem=None, delta=None, cg_tolerance=1e-10, cg_max_steps=None,
+                 indefinite_ok=False):
         self.strategy = strategy
         self.block_size = block_size
         self.scale = scale
@@ -182,7 +183,10 @@ class DampedSystem(eqx.Module):
             matrix = eq.gram * outer_mask
             if residual_blocks is not None:
                 matrix = matrix + _block_diagonal(residual_blocks)
-            self.factor = _Cholesky(matrix + jnp.diag(damping))
+            # The SNR loop wants a non-finite step from a system that is not positive
+            # definite (it rejects it and raises the damping); a caller that takes the step
+            # whatever it is (fixed-regularization Newton) asks for LU instead.
+            self.factor = _Cholesky(matrix + jnp.diag(damping), definite=not indefinite_ok)
         elif strategy in ("block", "cg"):
             if strategy == "block":
                 grams = (eq.gram * outer_mask).reshape(ranks, block_size, ranks, block_size)

@@ -14,7 +14,7 @@ from ._protocol import SumOfTerms, check_sizes
 
 
 class ShallowNetwork(SumOfTerms):
-    r"""A one-hidden-layer network, ``f(x) = sum_j c_j sigma(w_j . x + b_j)``.
+    r"""A one-hidden-layer network, ``f(x) = s sum_j c_j sigma(w_j . x + b_j)``.
 
     Each hidden unit is a term with its own parameters ``(c_j, w_j, b_j)``, so the Hessian of
     the squared loss is block-diagonal over the units plus the low-rank coupling ``2 J^T J``:
@@ -24,7 +24,10 @@ class ShallowNetwork(SumOfTerms):
 
     **Default initialisation** (``key``): ``w ~ N(0, 1 / dim)``, ``b ~ N(0, 1)``,
     ``c ~ N(0, 1 / width)``; ``activation`` defaults to ``tanh`` (any smooth
-    ``jnp -> jnp`` function).
+    ``jnp -> jnp`` function). ``output_scale`` ``s`` (static, default 1) is a fixed
+    normalisation: the parametrization of the overparameterized analyses,
+    ``f = width^-beta sum_j c_j sigma(...)`` with ``c, w, b ~ N(0, 1)``, is
+    ``output_scale=width ** -beta`` with ``c``, ``w`` and ``b`` passed in.
 
     ```python
     net = idn.ShallowNetwork(width=16, dim=1, key=jax.random.key(0))
@@ -39,11 +42,20 @@ class ShallowNetwork(SumOfTerms):
     b: Float[Array, " width"]
     dim: int = eqx.field(static=True)
     activation: Callable = eqx.field(static=True)
+    output_scale: float = eqx.field(static=True)
 
     def __init__(self, width: int, dim: int, *, key: PRNGKeyArray | None = None,
                  activation: Callable = jnp.tanh, dtype=None, c: ArrayLike | None = None,
-                 w: ArrayLike | None = None, b: ArrayLike | None = None):
+                 w: ArrayLike | None = None, b: ArrayLike | None = None,
+                 output_scale: float = 1.0):
         check_sizes("ShallowNetwork", width=width, dim=dim)
+        if isinstance(output_scale, bool) or not isinstance(output_scale, (int, float)) or not (
+            0 < output_scale < float("inf")
+        ):
+            raise ValueError(
+                f"ShallowNetwork: `output_scale` must be a finite number > 0, got "
+                f"{output_scale!r}."
+            )
         dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
         if (c is None or w is None or b is None) and key is None:
             raise ValueError("ShallowNetwork: pass `key` or all of c, w, b.")
@@ -56,13 +68,14 @@ class ShallowNetwork(SumOfTerms):
                   else jax.random.normal(kb, (width,), dtype))
         self.dim = dim
         self.activation = activation
+        self.output_scale = float(output_scale)
 
     @property
     def width(self) -> int:
         return self.c.shape[0]
 
     def term(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
-        return self.c * self.activation(self.w @ x + self.b)
+        return self.output_scale * self.c * self.activation(self.w @ x + self.b)
 
     def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
-        return self.c @ self.activation(self.w @ x + self.b)
+        return self.output_scale * (self.c @ self.activation(self.w @ x + self.b))
