@@ -46,6 +46,13 @@ class NewtonState(NamedTuple):
     - ``descent``: whether the last step was a descent direction (``g . s < 0``); ``False``
       flags a regularized Hessian that is not positive definite there (the width is too
       small for the regularization, or the start too far from a minimum).
+
+    ```python
+    opt = idn.regularized_newton(1e-2)
+    net = idn.ShallowNetwork(8, 2, key=jax.random.key(0))
+    updates, state = opt.update(None, opt.init(net), net, x=x, y=y)
+    print(int(state.count), float(state.loss), float(state.regularization), bool(state.descent))
+    ```
     """
 
     count: Int[Array, ""]
@@ -146,12 +153,13 @@ def regularized_newton(
     is taken. ``state.descent`` reports whether the step was a descent direction.
 
     ```python
-    net = idn.ShallowNetwork(256, 1, key=jax.random.key(0))
-    opt = idn.regularized_newton(1e-3)
+    net = idn.ShallowNetwork(256, 2, key=jax.random.key(0))   # 1024 parameters
+    opt = idn.regularized_newton(1e-1, hessian="gauss_newton")
     state = opt.init(net)
-    for _ in range(20):
+    for _ in range(5):                                        # x: (625, 2): push-through
         updates, state = opt.update(None, state, net, x=x, y=y)
         net = eqx.apply_updates(net, updates)
+    print(float(state.loss), bool(state.descent))
     ```
     """
     if isinstance(regularization, bool) or not isinstance(regularization, (int, float)) or not (
