@@ -11,9 +11,10 @@ Targets: random AION targets (default initialisation, one term per atom) of rank
 - ``idn.solve`` at the target's rank from 4 random starts (``AION``'s default initialisation),
   each with the same budget of 500 inner iterations.
 
-Success: ``Phi / sum y^2 < 1e-20``. Reported: successes, wall time (whole run, compilation
-included for all, since expansion compiles a solve per rank), inner iterations of every
-solve (expansion: its residual fits too) and the number of joint (full-model) solves. Prints a
+Success: ``Phi / sum y^2 < 1e-20``. Reported: successes, wall time of the whole run after
+compilation (each expansion is run twice, the second timed; the fixed-rank solve is compiled
+first), inner iterations of every solve (expansion: its residual fits too) and the number of
+joint (full-model) solves. Prints a
 table and writes ``OUT/expansion.json`` and ``OUT/expansion.png``.
 """
 
@@ -47,12 +48,16 @@ def main() -> None:
         scale = float(jnp.sum(y * y))
 
         for candidates in (4, 1):
+            def grow(candidates=candidates):
+                return idn.expand(
+                    idn.AION(1, dim, 1, key=jax.random.key(7)), x, y, max_terms=rank,
+                    target_loss=LEVEL * scale, key=jax.random.key(8), max_steps=500,
+                    candidates=candidates,
+                )
+
+            grow()  # compiles a solve per rank; the timed run below is the same computation
             t0 = time.perf_counter()
-            model, history = idn.expand(
-                idn.AION(1, dim, 1, key=jax.random.key(7)), x, y, max_terms=rank,
-                target_loss=LEVEL * scale, key=jax.random.key(8), max_steps=500,
-                candidates=candidates,
-            )
+            model, history = grow()
             expand_s = time.perf_counter() - t0
             rows.append({
                 "target": f"rank {rank}, dim {dim}",
@@ -63,6 +68,8 @@ def main() -> None:
                 "joint_solves": sum(h.candidates for h in history), "final_rank": model.rank,
             })
         fixed = []
+        idn.solve(idn.AION(rank, dim, 1, key=jax.random.key(99)), x, y, throw=False,
+                  max_steps=500)  # compile (the options are static: the same ones)
         t0 = time.perf_counter()
         for s in range(4):
             start = idn.AION(rank, dim, 1, key=jax.random.key(100 + s))
@@ -107,7 +114,7 @@ def _plot(rows, path):
         pos = np.arange(len(targets)) + (k - (len(methods) - 1) / 2) * width
         a.bar(pos, [max(r["relative_loss"], 1e-32) for r in rs], width, label=method)
         b.bar(pos, [r["seconds"] for r in rs], width, label=method)
-    for ax, label in ((a, "best Phi / sum y^2"), (b, "seconds (whole run)")):
+    for ax, label in ((a, "best Phi / sum y^2"), (b, "seconds (whole run, after compilation)")):
         ax.set_xticks(np.arange(len(targets)), targets, rotation=20, fontsize=8)
         ax.set_yscale("log")
         ax.set_ylabel(label)

@@ -34,7 +34,7 @@ def test_golub_pereyra_jacobian_matches_autodiff_through_the_qr(rank, dim, terms
     assert float(jnp.linalg.norm(J - reference) / jnp.linalg.norm(reference)) < tol
     np.testing.assert_allclose(r, problem.residuals(delta), rtol=1e-12, atol=1e-13)
     # The projected residual is orthogonal to the basis (the coefficients are optimal).
-    basis = problem.basis(problem.theta + delta[None])
+    basis = problem.basis(problem.theta + delta.reshape(problem.theta.shape))
     assert float(jnp.max(jnp.abs(basis.T @ r))) < 1e-9 * float(jnp.linalg.norm(y))
 
 
