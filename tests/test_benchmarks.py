@@ -43,3 +43,28 @@ def test_toy_starts_script(tmp_path):
     assert [s["model"] for s in result["summary"]] == ["8 parameters (shared)", "16 parameters (untied)"]
     assert all(s["starts"] == 2 for s in result["summary"])
     assert len(result["per_start"]) == 1 + 2 + 2
+
+
+def test_spectral_bias_script(tmp_path):
+    run_module("benchmarks.spectral_bias", "--out", str(tmp_path), "--quick")
+    result = json.loads((tmp_path / "spectral_bias.json").read_text())
+    assert (tmp_path / "spectral_bias.png").stat().st_size > 10_000
+    methods = [r["method"] for r in result["rows"]]
+    assert any(m.startswith("kernel limit of Newton") for m in methods)
+    assert any(m.startswith("Newton (exact)") for m in methods)
+    assert any(m.startswith("gradient descent") for m in methods)
+    for name, errors in result["errors"].items():
+        # One error per target frequency, from the start (iteration 0, error 1) on.
+        assert all(len(e) == len(result["frequencies"]) for e in errors)
+        assert max(abs(v - 1.0) for v in errors[0]) < 1e-9, name
+
+
+def test_variable_projection_script(tmp_path):
+    run_module("benchmarks.variable_projection", "--out", str(tmp_path), "--quick",
+               "--starts", "1")
+    result = json.loads((tmp_path / "variable_projection.json").read_text())
+    assert {r["method"] for r in result["rows"]} == {
+        "idn.solve", "idn.solve, variable_projection=True", "optimistix LM",
+        "optimistix LM, projected"}
+    for r in result["rows"]:
+        assert r["starts"] == 1 and 0 <= r["successes"] <= 1 and r["median_steps"] <= 500
