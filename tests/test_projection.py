@@ -102,3 +102,18 @@ def test_projection_refuses_what_it_cannot_do():
                         y=jnp.ones((5, 6)))
     with pytest.raises(ValueError, match="GridData"):
         idn.solve(start, grid, variable_projection=True)
+
+
+def test_projection_through_solve_once_under_jit():
+    target, x, y = _data(2, 2, 1, 200, key=12)
+    start = jax.tree.map(lambda a: a * 1.05, target)
+    opt = idn.solve_once(variable_projection=True)
+
+    @jax.jit
+    def update(model):
+        updates, state = opt.update(None, opt.init(model), model, x=x, y=y)
+        return jax.tree.map(lambda p, u: p + u, model, updates), state
+
+    fitted, state = update(start)
+    assert float(state.loss_after) < 1e-20 * float(y @ y)
+    np.testing.assert_allclose(jax.vmap(fitted)(x), y, atol=1e-9)
