@@ -88,12 +88,16 @@ def _loss(model, x, y):
     return jnp.sum((jax.vmap(model)(x) - y) ** 2)
 
 
-def median_wall_ms(fn: Callable[[], Any], repeats: int = 5) -> tuple[float, Any]:
+def median_wall_ms(fn: Callable[[], Any], repeats: int = 5,
+                   warmup: bool = True) -> tuple[float, Any]:
     """Median wall time of ``fn()`` in milliseconds after one warm-up call, and its result.
 
     The result is blocked on (``jax.block_until_ready``) inside the timed region.
+    ``warmup=False`` skips the warm-up call: for a caller that already ran the same compiled
+    computation (another start of the same shapes).
     """
-    out = jax.block_until_ready(fn())  # warm-up: compilation and caches
+    if warmup:
+        jax.block_until_ready(fn())  # compilation and caches
     times = []
     for _ in range(max(1, repeats)):
         start = time.perf_counter()
@@ -146,8 +150,9 @@ def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
         updates, state = opt.update(None, state, model, x=x, y=y)
         return eqx.apply_updates(model, updates), state
 
-    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
-        ms, (final, state) = median_wall_ms(lambda: update(model), repeats)
+    def run(model: AION, repeats: int = 5, trace: bool = False,
+            warmup: bool = True) -> MethodRun:
+        ms, (final, state) = median_wall_ms(lambda: update(model), repeats, warmup)
         extra = {}
         if trace:
             from ._solve import solve
@@ -205,8 +210,9 @@ def optimistix_levenberg_marquardt(
 
     fit = make_fit(None)
 
-    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
-        ms, (final, steps) = median_wall_ms(lambda: fit(model), repeats)
+    def run(model: AION, repeats: int = 5, trace: bool = False,
+            warmup: bool = True) -> MethodRun:
+        ms, (final, steps) = median_wall_ms(lambda: fit(model), repeats, warmup)
         extra = {}
         if trace:
             log = EvaluationLog()
@@ -287,8 +293,9 @@ def optax_lbfgs(
 
     fit = make_fit(None)
 
-    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
-        ms, (final, steps, trials) = median_wall_ms(lambda: fit(model), repeats)
+    def run(model: AION, repeats: int = 5, trace: bool = False,
+            warmup: bool = True) -> MethodRun:
+        ms, (final, steps, trials) = median_wall_ms(lambda: fit(model), repeats, warmup)
         return MethodRun(
             method="optax L-BFGS",
             final_loss=loss(final, x, y),
@@ -326,8 +333,9 @@ def optax_adam(x, y, *, learning_rate: float, steps: int = 2000) -> Callable[...
 
     fit = make_fit(None)
 
-    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
-        ms, final = median_wall_ms(lambda: fit(model), repeats)
+    def run(model: AION, repeats: int = 5, trace: bool = False,
+            warmup: bool = True) -> MethodRun:
+        ms, final = median_wall_ms(lambda: fit(model), repeats, warmup)
         return MethodRun(
             method="optax Adam",
             final_loss=loss(final, x, y),
@@ -390,8 +398,9 @@ def steepest_descent_armijo(
 
     fit = make_fit(None)
 
-    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
-        ms, (final, trials, _) = median_wall_ms(lambda: fit(model), repeats)
+    def run(model: AION, repeats: int = 5, trace: bool = False,
+            warmup: bool = True) -> MethodRun:
+        ms, (final, trials, _) = median_wall_ms(lambda: fit(model), repeats, warmup)
         extra = {}
         if trace:
             log = EvaluationLog()
@@ -493,9 +502,10 @@ def scipy_newton_cg(
             options={"maxiter": max_iterations},
         )
 
-    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
+    def run(model: AION, repeats: int = 5, trace: bool = False,
+            warmup: bool = True) -> MethodRun:
         fns, v0 = functions(model)
-        ms, res = median_wall_ms(lambda: fit(fns, v0, None, None), repeats)
+        ms, res = median_wall_ms(lambda: fit(fns, v0, None, None), repeats, warmup)
         extra = {}
         if trace:
             log, path = EvaluationLog(), [v0]
@@ -549,9 +559,10 @@ def scipy_least_squares(
             max_nfev=max_nfev,
         )
 
-    def run(model: AION, repeats: int = 5, trace: bool = False) -> MethodRun:
+    def run(model: AION, repeats: int = 5, trace: bool = False,
+            warmup: bool = True) -> MethodRun:
         fns, v0 = functions(model)
-        ms, res = median_wall_ms(lambda: fit(fns, v0, None), repeats)
+        ms, res = median_wall_ms(lambda: fit(fns, v0, None), repeats, warmup)
         extra = {}
         if trace:
             log = EvaluationLog()
