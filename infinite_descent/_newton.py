@@ -94,11 +94,9 @@ def _newton_update(model, x, y, options: _Options):
     )
     step, _ = system.solve(-eq.g)
     step = options.step_size * step
-    update = unstack_tree(model, problem.theta + step.reshape(problem.theta.shape))
-    update = jax.tree.map(
-        lambda new, old: new - old, eqx.filter(update, eqx.is_inexact_array),
-        eqx.filter(model, eqx.is_inexact_array),
-    )
+    # The step itself in the model's layout (not (theta + step) - theta, which would round).
+    update = eqx.filter(unstack_tree(model, step.reshape(problem.theta.shape)),
+                        eqx.is_inexact_array)
     descent = jnp.all(jnp.isfinite(step)) & (eq.g @ step < 0)
     return update, eq.loss, lam, descent
 
