@@ -290,9 +290,9 @@ def _plot(runs, path, width):
     axes[4].set_ylabel("relative error of the frequency")
     axes[8].set_ylabel("relative error of the frequency")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Error per frequency, tanh network of width {width}, N = {N}. Top: the "
-                 "linearised (kernel) limit, and the network where it follows it; middle: the "
-                 "network on the unit target; bottom: the target scaled down (lazy regime)")
+    fig.suptitle(f"Error per frequency, tanh network of width {width}, N = {N}\nTop: the "
+                 "linearised (kernel) limit, and the network where it follows it. Middle: the "
+                 "network on the unit target. Bottom: the target scaled down (lazy regime)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
