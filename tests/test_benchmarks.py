@@ -55,6 +55,8 @@ def test_spectral_bias_script(tmp_path):
     assert any(m.startswith("gradient descent") for m in methods)
     for name, errors in result["errors"].items():
         # One error per target frequency, from the start (iteration 0, error 1) on.
+        assert result["iterations"][name][0] == 0
+        assert len(result["iterations"][name]) == len(errors)
         assert all(len(e) == len(result["frequencies"]) for e in errors)
         assert max(abs(v - 1.0) for v in errors[0]) < 1e-9, name
 
