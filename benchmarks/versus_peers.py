@@ -1,6 +1,7 @@
 """Infinite Descent against the peers on larger problems: same problems, starts and run.
 
-    python -m benchmarks.versus_peers [--out results] [--starts 8] [--only WORD[,WORD]] [--quick]
+    python -m benchmarks.versus_peers [--out results] [--starts 8] [--only WORD[,WORD]]
+                                      [--methods WORD[,WORD]] [--quick]
 
 Problems (float64, points uniform in ``[-1, 1]^d`` unless said):
 
@@ -100,6 +101,9 @@ def main() -> None:
     p.add_argument("--only", default="",
                    help="run only the problems whose name contains this word (or one of these "
                         "comma-separated words), e.g. N=100000 or friedman1,Gaussians")
+    p.add_argument("--methods", default="",
+                   help="run only the methods whose name contains one of these comma-separated "
+                        "words, e.g. 'Infinite,optimistix' (Infinite Descent always runs)")
     args = p.parse_args()
     began = time.perf_counter()
     results = []
@@ -123,6 +127,9 @@ def main() -> None:
             # and Adam's 2000 full-batch steps take minutes per start at these sizes; they
             # are measured on the smaller problems.
             del runners["scipy least_squares"], runners["optax Adam"]
+        if args.methods:
+            runners = {name: r for name, r in runners.items() if name == "Infinite Descent"
+                       or any(word in name for word in args.methods.split(","))}
         runs = {}
         for name, runner in runners.items():
             t0 = time.perf_counter()
