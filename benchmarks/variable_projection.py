@@ -55,15 +55,6 @@ def _problems(quick):
     return out
 
 
-def _timed(fn, *args):
-    import jax
-
-    jax.block_until_ready(fn(*args))  # compile (and warm up)
-    t0 = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    return out, 1e3 * (time.perf_counter() - t0)
-
-
 def main() -> None:
     import equinox as eqx
     import jax
@@ -72,6 +63,7 @@ def main() -> None:
     import optimistix as optx
 
     import infinite_descent as idn
+    from infinite_descent import peers
     from infinite_descent._projection import ProjectedAION
 
     p = parser(__doc__.splitlines()[0])
@@ -122,7 +114,8 @@ def main() -> None:
         for i in range(args.starts):
             start = idn.AION(prob["rank"], prob["dim"], prob["terms"], key=jax.random.key(i))
             for name, fn in methods.items():
-                (loss, steps), ms = _timed(fn, start)
+                # One warm-up (compilation), then one timed run.
+                ms, (loss, steps) = peers.median_wall_ms(lambda: fn(start), repeats=1)
                 results[name].append((float(loss), int(steps), ms))
         for method, runs in results.items():
             losses = np.array([r[0] for r in runs]) / scale

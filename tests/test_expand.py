@@ -54,14 +54,19 @@ def test_expand_needs_a_key_and_a_sane_budget():
         idn.expand(start, x, y, max_terms=3, key=jax.random.key(0), candidates=0)
 
 
+def _rank4_target(seed, num_points):
+    """A random rank-4 AION in 2 dimensions on uniform points: ``(x, y, sum y^2)``."""
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    target = idn.AION(4, 2, 1, key=k1)
+    x = jax.random.uniform(k2, (num_points, 2), minval=-1.0, maxval=1.0)
+    y = jax.vmap(target)(x)
+    return x, y, float(y @ y)
+
+
 def test_expand_reaches_a_random_target_at_its_own_rank():
     # A target the benchmark did not use. The residual fit alone can stall in a local minimum
     # at this rank; the random candidates are there for that.
-    k1, k2 = jax.random.split(jax.random.key(2027))
-    target = idn.AION(4, 2, 1, key=k1)
-    x = jax.random.uniform(k2, (400, 2), minval=-1.0, maxval=1.0)
-    y = jax.vmap(target)(x)
-    scale = float(y @ y)
+    x, y, scale = _rank4_target(2027, 400)
     model, history = idn.expand(idn.AION(1, 2, 1, key=jax.random.key(11)), x, y, max_terms=4,
                                 target_loss=1e-20 * scale, key=jax.random.key(12),
                                 max_steps=300)
@@ -76,11 +81,7 @@ def test_expand_reaches_a_random_target_at_its_own_rank():
 def test_expand_gets_past_the_local_minimum_the_residual_fit_leads_to():
     # The case benchmarks/expansion.py --quick measured: from the residual fit alone the
     # rank-4 joint solve stops at Phi / sum y^2 ~ 3e-5 (a local minimum, solve converged).
-    k1, k2 = jax.random.split(jax.random.key(4002))
-    target = idn.AION(4, 2, 1, key=k1)
-    x = jax.random.uniform(k2, (500, 2), minval=-1.0, maxval=1.0)
-    y = jax.vmap(target)(x)
-    scale = float(y @ y)
+    x, y, scale = _rank4_target(4002, 500)
     start = idn.AION(1, 2, 1, key=jax.random.key(7))
     options = dict(max_terms=4, target_loss=1e-20 * scale, key=jax.random.key(8), max_steps=500)
     _, greedy = idn.expand(start, x, y, candidates=1, **options)
