@@ -9,10 +9,13 @@ Problems (float64, points uniform in ``[-1, 1]^d`` unless said):
   dimensions with ``N`` = 1e3 to 1e6, one term per atom, and one 4-dimensional two-term
   target (the hard class); starts 30% off (each parameter times ``1 + 0.3 xi``,
   ``xi ~ N(0, 1)``); success: ``Phi / sum y^2 < 1e-20``;
-- ``sklearn.datasets.make_friedman1`` (10 inputs, N = 2000, noise 0; rescaled to [-1, 1]) and
-  a sum of five Gaussian bumps in 3 dimensions (N = 2000), fitted by a rank-4 AION from random
-  starts (``AION``'s default initialisation, keys 0..starts-1): not exactly representable, so
-  success is reaching within 1% of the best loss any method reached on that problem.
+- ``sklearn.datasets.make_friedman1`` (10 inputs, N = 2000, noise 0; rescaled to [-1, 1]),
+  fitted by a ``ShallowNetwork`` of width 16 (192 parameters; a rank-4 AION stalls near
+  ``Phi / sum y^2 = 0.77`` from every start and every method, so it measures nothing), and a
+  sum of five Gaussian bumps in 3 dimensions (N = 2000) fitted by a rank-5 AION with three
+  terms per atom (180 parameters); random starts (each model's default initialisation, keys
+  0..starts-1). Neither is exactly representable; success: ``Phi / sum y^2 < 1e-4`` (a 1%
+  RMS fit), a level every model here reaches from most starts.
 
 Methods, all from the same starts (scipy and Adam only for ``N`` below 1e5, where they finish
 in reasonable time on a small machine): one ``idn.solve_once`` update (``max_steps=500``),
@@ -60,21 +63,22 @@ def _problems(quick: bool):
             ])
 
         out.append({"name": f"AION d={dim} r={rank} P={terms} N={n}", "x": x, "y": y,
-                    "start": start, "exact": True})
+                    "start": start, "target": 1e-20})
     from sklearn.datasets import make_friedman1
 
     xf, yf = make_friedman1(n_samples=500 if quick else 2000, n_features=10, noise=0.0,
                             random_state=0)
     xf = jnp.asarray(2 * xf - 1)
     yf = jnp.asarray((yf - yf.mean()) / yf.std())
-    out.append({"name": f"friedman1 N={xf.shape[0]} (rank 4)", "x": xf, "y": yf,
-                "start": lambda i: idn.AION(4, 10, 1, key=jax.random.key(i)), "exact": False})
+    out.append({"name": f"friedman1 N={xf.shape[0]} (ShallowNetwork 16)", "x": xf, "y": yf,
+                "start": lambda i: idn.ShallowNetwork(16, 10, key=jax.random.key(i)),
+                "target": 1e-4})
     kc, kx = jax.random.split(jax.random.key(5))
     centres = jax.random.uniform(kc, (5, 3), minval=-0.7, maxval=0.7)
     xg = jax.random.uniform(kx, (1000 if quick else 2000, 3), minval=-1.0, maxval=1.0)
     yg = jnp.sum(jnp.exp(-8 * jnp.sum((xg[:, None] - centres[None]) ** 2, -1)), -1)
-    out.append({"name": f"5 Gaussians d=3 N={xg.shape[0]} (rank 4, P 2)", "x": xg, "y": yg,
-                "start": lambda i: idn.AION(4, 3, 2, key=jax.random.key(i)), "exact": False})
+    out.append({"name": f"5 Gaussians d=3 N={xg.shape[0]} (rank 5, P 3)", "x": xg, "y": yg,
+                "start": lambda i: idn.AION(5, 3, 3, key=jax.random.key(i)), "target": 1e-4})
     return out
 
 
@@ -86,7 +90,10 @@ def _time_to(run, level):
     best = np.minimum.accumulate(np.asarray(trace["loss"], float))
     hit = np.nonzero(best <= level)[0]
     if len(hit) == 0:
-        return None
+        # Only runs whose recomputed final loss is at the level get here; where the method's own
+        # trace stopped just above it (its last value is computed in another order), the whole
+        # run is the time to reach it.
+        return run.wall_ms
     return run.wall_ms * passes[hit[0]] / max(passes[-1], 1)
 
 
@@ -139,8 +146,7 @@ def main() -> None:
                           for i in range(args.starts)]
             print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         scale = float(np.sum(np.asarray(y) ** 2))
-        best = min(r.final_loss for rs in runs.values() for r in rs)
-        level = 1e-20 * scale if prob["exact"] else 1.01 * best + 1e-30 * scale
+        level = prob["target"] * scale
         for name, rs in runs.items():
             ok = [r for r in rs if r.final_loss <= level]
             to_target = [_time_to(r, level) for r in ok]
@@ -151,6 +157,7 @@ def main() -> None:
                 "median_ms_to_target": float(np.median(to_target)) if ok else None,
                 "median_passes": float(np.median([r.data_passes for r in rs])),
                 "median_relative_loss": float(np.median([r.final_loss for r in rs])) / scale,
+                "best_relative_loss": min(r.final_loss for r in rs) / scale,
             })
         ours = next(r for r in results if r["problem"] == prob["name"]
                     and r["method"] == "Infinite Descent")

@@ -70,3 +70,18 @@ def test_variable_projection_script(tmp_path):
         "optimistix LM, projected"}
     for r in result["rows"]:
         assert r["starts"] == 1 and 0 <= r["successes"] <= 1 and r["median_steps"] <= 500
+
+
+def test_versus_peers_script(tmp_path):
+    run_module("benchmarks.versus_peers", "--out", str(tmp_path), "--quick", "--starts", "2",
+               "--only", "friedman1", "--methods", "optimistix")
+    result = json.loads((tmp_path / "versus_peers.json").read_text())
+    rows = {r["method"]: r for r in result["results"]}
+    assert set(rows) == {"Infinite Descent", "optimistix LevenbergMarquardt"}
+    assert rows["Infinite Descent"]["ms_ratio_to_id"] == 1.0
+    for r in rows.values():
+        assert r["problem"].startswith("friedman1") and r["starts"] == 2
+        assert r["success_level"] > 0 and 0 <= r["successes"] <= 2
+        assert r["best_relative_loss"] <= r["median_relative_loss"]
+        # Every method that reached the level has a time to reach it, and only those.
+        assert (r["median_ms_to_target"] is None) == (r["successes"] == 0)
