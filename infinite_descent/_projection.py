@@ -80,18 +80,60 @@ class ProjectedAION(eqx.Module):
     def _rank_columns(self, theta_j: Array) -> Array:
         """Rank ``j``'s ``2 P`` basis columns, ``(N, 2 P)``: per term the cosine and the sine
         column of its first-dimension atom, times the rest of the rank."""
+        return self._rank_columns_and_jacobian(theta_j)[0]
+
+    def _rank_columns_and_jacobian(self, theta_j: Array) -> tuple[Array, Array]:
+        """Rank ``j``'s columns ``(N, 2 P)`` and their Jacobian ``(N, 2 P, m)`` in closed form.
+
+        A column is ``u(x_1) R(x)`` with ``u`` the first-dimension factor and
+        ``R = prod_{i>1} psi_i`` the rest of the rank. ``u`` depends on ``(alpha, omega)`` of
+        the first dimension only; a parameter of dimension ``i > 1`` moves every column by
+        ``u R_{-i} dpsi_i``, with ``R_{-i}`` the product of the other atoms (prefix and suffix
+        products, no division). Written out rather than left to ``jax.jacfwd``, which pushes
+        all ``m`` tangents through every atom: 10 to 25 times slower at ``d = 8``, where it
+        dominated the cost of an iteration. Tested against autodiff through the QR.
+        """
         p = self._split(theta_j)
+        num, dim, terms = self.x.shape[0], self.model.dim, self.model.terms
         x0 = self.x[:, :1]  # (N, 1)
         growth = jnp.exp(p["alpha"][:1] * x0)  # (N, P)
-        cos_part = growth * jnp.cos(p["omega"][:1] * x0)
-        sin_part = -growth * jnp.sin(p["omega"][:1] * x0)
-        if self.x.shape[1] > 1:
+        u_cos = growth * jnp.cos(p["omega"][:1] * x0)
+        u_sin = -growth * jnp.sin(p["omega"][:1] * x0)
+        if dim > 1:
             xs = self.x[:, 1:, None]  # (N, d - 1, 1)
-            atoms = p["A"][None] * jnp.exp(p["alpha"][None, 1:] * xs) * jnp.cos(
-                p["omega"][None, 1:] * xs + p["phi"][None])
-            rest = jnp.prod(jnp.sum(atoms, axis=-1), axis=-1)[:, None]  # (N, 1)
-            cos_part, sin_part = cos_part * rest, sin_part * rest
-        return jnp.concatenate([cos_part, sin_part], axis=1)
+            scaled = p["A"][None] * jnp.exp(p["alpha"][None, 1:] * xs)  # (N, d - 1, P)
+            angle = p["omega"][None, 1:] * xs + p["phi"][None]
+            cos, sin = jnp.cos(angle), jnp.sin(angle)
+            psi = jnp.sum(scaled * cos, axis=-1)  # (N, d - 1)
+            ones = jnp.ones((num, 1), psi.dtype)
+            before = jnp.cumprod(jnp.concatenate([ones, psi[:, :-1]], axis=1), axis=1)
+            after = jnp.cumprod(jnp.concatenate([ones, psi[:, :0:-1]], axis=1), axis=1)[:, ::-1]
+            others = (before * after)[..., None]  # R_{-i}, (N, d - 1, 1)
+            rest = before[:, -1:] * psi[:, -1:]  # R, (N, 1)
+            # dR for each parameter of dimensions 2..d, by name, each (N, (d - 1) P).
+            d_rest = {
+                "alpha": others * xs * scaled * cos,
+                "omega": -others * xs * scaled * sin,
+                "A": others * jnp.exp(p["alpha"][None, 1:] * xs) * cos,
+                "phi": -others * scaled * sin,
+            }
+            d_rest = {k: v.reshape(num, 1, -1) for k, v in d_rest.items()}
+        else:
+            rest = jnp.ones((num, 1), x0.dtype)
+            d_rest = {k: jnp.zeros((num, 1, 0), x0.dtype) for k in ("alpha", "omega", "A", "phi")}
+        u = jnp.concatenate([u_cos, u_sin], axis=1)  # (N, 2 P)
+        columns = u * rest
+        c_cos, c_sin = u_cos * rest, u_sin * rest
+        eye = jnp.eye(terms, dtype=x0.dtype)[None]
+        # First-dimension (alpha, omega) of term p move only that term's two columns.
+        d_alpha0 = jnp.concatenate([(x0 * c_cos)[:, :, None] * eye,
+                                    (x0 * c_sin)[:, :, None] * eye], axis=1)  # (N, 2P, P)
+        d_omega0 = jnp.concatenate([(x0 * c_sin)[:, :, None] * eye,
+                                    (-x0 * c_cos)[:, :, None] * eye], axis=1)
+        moved = {k: u[:, :, None] * v for k, v in d_rest.items()}  # (N, 2P, (d - 1) P)
+        jacobian = jnp.concatenate([d_alpha0, moved["alpha"], d_omega0, moved["omega"],
+                                    moved["A"], moved["phi"]], axis=2)
+        return columns, jacobian
 
     def basis(self, theta: Array) -> Array:
         """``B(theta)``, shape ``(N, 2 r P)``, rank by rank."""
@@ -111,14 +153,13 @@ class ProjectedAION(eqx.Module):
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         """``r`` and its exact Jacobian ``(N, r m)`` by Golub and Pereyra's formula,
         ``dr_k = P (dB_k c*) - Q R^-T (dB_k^T r)`` with ``B = Q R`` and ``P = I - Q Q^T``, from
-        one QR factorisation and each rank's derivatives of its own columns (``jax.jacfwd``
+        one QR factorisation and each rank's derivatives of its own columns (in closed form,
         vmapped over ranks: the basis' Jacobian is block-sparse, a rank's parameters moving
         only its columns)."""
         theta = self.theta + delta.reshape(self.theta.shape)
         ranks, m = theta.shape
-        columns, dcolumns = jax.vmap(
-            lambda t: (self._rank_columns(t), jax.jacfwd(self._rank_columns)(t))
-        )(theta)  # (r, N, 2P), (r, N, 2P, m)
+        columns, dcolumns = jax.vmap(self._rank_columns_and_jacobian)(theta)
+        # (r, N, 2P), (r, N, 2P, m)
         B = jnp.moveaxis(columns, 0, 1).reshape(self.x.shape[0], -1)
         q, R = jnp.linalg.qr(B)
         c = jax.scipy.linalg.solve_triangular(R, q.T @ self.y)
