@@ -1,7 +1,7 @@
 """Infinite Descent against the peers on larger problems: same problems, starts and run.
 
     python -m benchmarks.versus_peers [--out results] [--starts 8] [--only WORD[,WORD]]
-                                      [--methods WORD[,WORD]] [--quick]
+                                      [--methods WORD[,WORD]] [--projection] [--quick]
 
 Problems (float64, points uniform in ``[-1, 1]^d`` unless said):
 
@@ -21,7 +21,8 @@ Methods, all from the same starts (scipy and Adam only for ``N`` below 1e5, wher
 in reasonable time on a small machine): one ``idn.solve_once`` update (``max_steps=500``),
 ``optimistix.LevenbergMarquardt`` (rtol = atol = 1e-12, 500 steps), scipy
 ``least_squares(method="lm")`` (1000 evaluations), ``optax.lbfgs`` (``||grad|| < 1e-10``, 1000
-steps), ``optax.adam`` (learning rate 1e-2, 2000 steps); each method is compiled and warmed
+steps), ``optax.adam`` (learning rate 1e-2, 2000 steps), and with ``--projection`` also
+``idn.solve_once(variable_projection=True)`` on the AION problems; each method is compiled and warmed
 up once per problem, then every start is run once timed and once instrumented. Reported per
 problem and method: successes, the median wall time of the whole run after compilation, the
 median time to reach the success level (the run's time spread over its passes over the data,
@@ -100,6 +101,7 @@ def _time_to(run, level):
 def main() -> None:
     import numpy as np
 
+    import infinite_descent as idn
     from infinite_descent import peers
 
     p = parser(__doc__.splitlines()[0])
@@ -111,6 +113,8 @@ def main() -> None:
     p.add_argument("--methods", default="",
                    help="run only the methods whose name contains one of these comma-separated "
                         "words, e.g. 'Infinite,optimistix' (Infinite Descent always runs)")
+    p.add_argument("--projection", action="store_true",
+                   help="also run Infinite Descent with variable_projection=True (AION only)")
     args = p.parse_args()
     began = time.perf_counter()
     results = []
@@ -129,6 +133,9 @@ def main() -> None:
             "optax L-BFGS": peers.optax_lbfgs(x, y, max_steps=1000),
             "optax Adam": peers.optax_adam(x, y, learning_rate=1e-2, steps=2000),
         }
+        if args.projection and isinstance(prob["start"](0), idn.AION):
+            runners["Infinite Descent, variable projection"] = peers.infinite_descent(
+                x, y, max_steps=500, variable_projection=True)
         if x.shape[0] >= 100_000:
             # On 2 CPU cores scipy's MINPACK (a dense N x M Jacobian in NumPy per evaluation)
             # and Adam's 2000 full-batch steps take minutes per start at these sizes; they
