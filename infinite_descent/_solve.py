@@ -387,11 +387,12 @@ def solve(
       dimension's amplitudes and phases, which enter linearly, at every iteration
       (Golub-Pereyra): the loop runs on the other parameters and the projected residual, its
       exact Jacobian by Golub and Pereyra's formula from a QR factorisation of the
-      ``N x 2 r P`` basis; the result is rebuilt with the optimal coefficients. Off by default. Measured from random
-      starts (``benchmarks/variable_projection.py``): on one-dimensional sums of damped
-      cosines (rank 3-5) it reached the exact fit from 48 of 48 starts where the full problem
-      reached 3; on random AIONs in 2 and 3 dimensions 30 of 32 against 25, at about twice the
-      time per solve; on the hard two-term class no gain. Gauss-Newton only, dense linear
+      ``N x 2 r P`` basis; the result is rebuilt with the optimal coefficients. Off by
+      default. Measured from random starts (``benchmarks/variable_projection.py``): on
+      one-dimensional sums of damped cosines (rank 3-5) it reached the exact fit from 48 of
+      48 starts where the full problem reached 3; on random AIONs in 2 and 3 dimensions 30
+      of 32 against 25, at about twice the time per solve; on the hard two-term class no
+      gain. Gauss-Newton only, dense linear
       algebra, no chunks, no ``trainable`` and no ``fix_gauge``; ``info.inner_steps`` and
       ``data_passes`` count as usual (one pass builds ``B``, its QR and the Jacobian).
 
