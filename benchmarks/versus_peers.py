@@ -22,11 +22,12 @@ in reasonable time on a small machine): one ``idn.solve_once`` update (``max_ste
 ``optimistix.LevenbergMarquardt`` (rtol = atol = 1e-12, 500 steps), scipy
 ``least_squares(method="lm")`` (1000 evaluations), ``optax.lbfgs`` (``||grad|| < 1e-10``, 1000
 steps), ``optax.adam`` (learning rate 1e-2, 2000 steps), and with ``--projection`` also
-``idn.solve_once(variable_projection=True)`` on the AION problems; each method is compiled and warmed
-up once per problem, then every start is run once timed and once instrumented. Reported per
-problem and method: successes, the median wall time of the whole run after compilation, the
-median time to reach the success level (the run's time spread over its passes over the data,
-read off its trace), passes, and ratios against Infinite Descent. Prints a table and writes ``OUT/versus_peers.json``.
+``idn.solve_once(variable_projection=True)`` on the AION problems; each method is compiled
+and warmed up once per problem, then every start is run once timed and once instrumented.
+Reported per problem and method: successes, the median wall time of the whole run after
+compilation, the median time to reach the success level (the run's time spread over its passes
+over the data, read off its trace), passes, the median and best final loss, and ratios against
+Infinite Descent. Prints a table and writes ``OUT/versus_peers.json``.
 """
 
 from __future__ import annotations
