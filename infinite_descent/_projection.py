@@ -208,12 +208,26 @@ class ProjectedAION(eqx.Module):
         raise NotImplementedError("variable projection uses the Gauss-Newton Hessian only")
 
     def to_model(self, theta: Array, like: AION) -> AION:
-        """The full AION at nonlinear parameters ``theta``, with its optimal coefficients."""
+        """The full AION at nonlinear parameters ``theta``, with its optimal coefficients,
+        each rank's amplitude scale shared out evenly over its dimensions.
+
+        The projected residual does not change when a later dimension's amplitudes are
+        scaled (the first dimension's coefficients absorb it), so the loop drifts along that
+        gauge: measured in 8 dimensions, first-dimension amplitudes of 1e-15 against others of
+        4e3. Such a model is exact but fragile: ``start + (solved - start)``, what an optax
+        update applies, lost its first amplitudes to rounding (``Phi / sum y^2`` from 2e-29 to
+        1e-3). Rebalancing changes no value of the model beyond rounding.
+        """
         theta = theta.reshape(self.theta.shape)
         p = jax.vmap(self._split)(theta)  # each (r, d or d - 1, P)
         c = self.coefficients(theta).reshape(like.rank, 2, like.terms)
         a, b = c[:, 0], c[:, 1]
         A = like.A.at[:, 1:].set(p["A"]).at[:, 0].set(jnp.hypot(a, b))
+        scale = jnp.max(jnp.abs(A), axis=-1)  # (r, d)
+        alive = jnp.all(scale > 0, axis=-1, keepdims=True)  # a zero rank is left alone
+        log_scale = jnp.log(jnp.where(alive, scale, 1.0))
+        factor = jnp.exp(jnp.mean(log_scale, axis=-1, keepdims=True) - log_scale)
+        A = A * jnp.where(alive, factor, 1.0)[..., None]
         phi = like.phi.at[:, 1:].set(p["phi"]).at[:, 0].set(jnp.arctan2(b, a))
         return eqx.tree_at(lambda m: (m.A, m.alpha, m.omega, m.phi), like,
                            (A, p["alpha"], p["omega"], phi))
