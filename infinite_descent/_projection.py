@@ -90,8 +90,9 @@ class ProjectedAION(eqx.Module):
         the first dimension only; a parameter of dimension ``i > 1`` moves every column by
         ``u R_{-i} dpsi_i``, with ``R_{-i}`` the product of the other atoms (prefix and suffix
         products, no division). Written out rather than left to ``jax.jacfwd``, which pushes
-        all ``m`` tangents through every atom: 10 to 25 times slower at ``d = 8``, where it
-        dominated the cost of an iteration. Tested against autodiff through the QR.
+        all ``m`` tangents through every atom: with it, one residual-and-Jacobian evaluation
+        took 156 ms against 21 ms at ``d = 8``, ``N = 1e4`` (38 against 10 at ``d = 4``).
+        Tested against autodiff through the QR.
         """
         p = self._split(theta_j)
         num, dim, terms = self.x.shape[0], self.model.dim, self.model.terms
