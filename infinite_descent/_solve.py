@@ -393,7 +393,8 @@ def solve(
       48 starts where the full problem reached 3; on random AIONs in 2 and 3 dimensions 30
       of 32 against 25, at about twice the time per solve; on the hard two-term class no
       gain. Gauss-Newton only, dense linear algebra, no chunks, no ``trainable`` and no
-      ``fix_gauge``; ``info.inner_steps`` and ``data_passes`` count as usual (one pass builds ``B``, its QR and the Jacobian).
+      ``fix_gauge``; ``info.inner_steps`` and ``data_passes`` count as usual (one pass
+      builds ``B``, its QR and the Jacobian).
 
     **Returns** ``(model_star, info)``: the solved model (an ordinary :class:`AION`) and a
     :class:`SolveInfo` with the loss, the inner iterations, the passes over the data and the
