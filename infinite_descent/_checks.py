@@ -1,8 +1,10 @@
 """Checks of user input at the public boundary.
 
-Shapes and dtypes are checked at trace time, always. Values (NaN, Inf) are checked only when
-the arrays are concrete and addressable, i.e. outside ``jit``; inside ``jit`` the solver
-reports non-finite data through its result code instead.
+Shapes and dtypes are checked in Python, at trace time, always. Values (NaN, Inf) are checked
+only when the arrays are concrete and addressable, i.e. outside ``jit``, by one fused
+reduction over the data and the parameters (one small computation and one read back); only
+when it fails are the arrays searched for the message. Inside ``jit`` the solver reports
+non-finite data through its result code instead.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._models._aion import AION
+from ._models._base import AbstractSumOfTerms
+from ._problems._grid import GridData
 
 
 def is_concrete(*arrays) -> bool:
@@ -26,7 +29,7 @@ def is_concrete(*arrays) -> bool:
 
 
 def _as_real_array(value, name: str, caller: str):
-    if isinstance(value, jax.core.Tracer) or isinstance(value, jax.Array):
+    if isinstance(value, (jax.core.Tracer, jax.Array, np.ndarray)):
         array = value
     else:
         array = np.asarray(value)
@@ -41,12 +44,12 @@ def _as_real_array(value, name: str, caller: str):
 
 
 def check_model(model, caller: str):
-    from ._models._protocol import SumOfTerms
-
-    if not isinstance(model, SumOfTerms):
+    """A model of the package (an `AbstractSumOfTerms`) whose parameters share one real
+    floating dtype."""
+    if not isinstance(model, AbstractSumOfTerms):
         raise TypeError(
             f"{caller}: expected an `infinite_descent.AION` (or another "
-            f"`infinite_descent.SumOfTerms` model), got {type(model).__name__}."
+            f"`infinite_descent.AbstractSumOfTerms` model), got {type(model).__name__}."
         )
     dtypes = {a.dtype for a in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))}
     if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
@@ -57,13 +60,12 @@ def check_model(model, caller: str):
     return model
 
 
-def check_data(model: AION, x, y, caller: str):
-    """Validate ``x`` of shape ``(N, dim)`` and ``y`` of shape ``(N,)``; cast to the model dtype.
+def check_data(model, x, y, caller: str):
+    """``x`` of shape ``(N, dim)`` and ``y`` of shape ``(N,)``, cast to the model's dtype.
 
-    Raises ``TypeError`` for non-real or non-floating data and ``ValueError`` for wrong shapes,
-    empty data, or (when concrete) NaN or Inf values.
+    Raises ``TypeError`` for non-real or non-floating data and ``ValueError`` for wrong
+    shapes or empty data. Values are checked by :func:`check_finite`.
     """
-    check_model(model, caller)
     x = _as_real_array(x, "x", caller)
     y = _as_real_array(y, "y", caller)
     if x.ndim != 2 or x.shape[1] != model.dim:
@@ -79,25 +81,12 @@ def check_data(model: AION, x, y, caller: str):
         )
     if x.shape[0] == 0:
         raise ValueError(f"{caller}: the data are empty (N = 0); at least one point is needed.")
-    if is_concrete(x, y):
-        for name, a in (("x", x), ("y", y)):
-            a_np = np.asarray(a)
-            bad = ~np.isfinite(a_np)
-            if bad.any():
-                where = np.argwhere(bad)[0].tolist()
-                raise ValueError(
-                    f"{caller}: `{name}` contains {int(bad.sum())} non-finite value(s) "
-                    f"(NaN or Inf), first at index {where}; remove or impute them."
-                )
     dtype = model.dtype
     return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
 
 
-def check_grid(model: AION, grid, y, caller: str):
-    """Validate :class:`GridData` (``y`` must then be omitted); cast to the model dtype."""
-    from ._grid import GridData
-
-    check_model(model, caller)
+def check_grid(model, grid: GridData, y, caller: str) -> GridData:
+    """Validate `GridData` (``y`` must then be omitted); cast to the model's dtype."""
     if y is not None:
         raise TypeError(
             f"{caller}: with GridData the targets live in the grid (`GridData(axes, y)`); "
@@ -123,19 +112,47 @@ def check_grid(model: AION, grid, y, caller: str):
             f"{caller}: the grid's `y` must have shape {shape} (one value per grid point), got "
             f"{tuple(values.shape)}."
         )
-    if is_concrete(values, *axes):
-        for name, a in [("y", values)] + [(f"axes[{i}]", a) for i, a in enumerate(axes)]:
-            if not np.all(np.isfinite(np.asarray(a))):
-                raise ValueError(f"{caller}: the grid's `{name}` contains NaN or Inf values.")
     dtype = model.dtype
     return GridData(tuple(jnp.asarray(a, dtype) for a in axes), jnp.asarray(values, dtype))
 
 
-def check_params_finite(model, caller: str) -> None:
-    params = eqx.filter(model, eqx.is_inexact_array)
-    leaves = jax.tree_util.tree_leaves_with_path(params)
-    if is_concrete(*(a for _, a in leaves)):
-        for path, a in leaves:
-            if not np.all(np.isfinite(np.asarray(a))):
-                name = jax.tree_util.keystr(path).lstrip(".")
-                raise ValueError(f"{caller}: the model's `{name}` contains NaN or Inf.")
+@jax.jit
+def _all_finite(arrays) -> jax.Array:
+    ok = jnp.asarray(True)
+    for a in arrays:
+        ok = ok & jnp.all(jnp.isfinite(a))
+    return ok
+
+
+def _first_bad(named: dict, originals: dict, dtype, caller: str) -> str:
+    for name, a in named.items():
+        bad = ~np.isfinite(np.asarray(a))
+        if bad.any():
+            where = np.argwhere(bad)[0].tolist() if bad.ndim else []
+            original = originals.get(name)
+            if original is not None and np.all(np.isfinite(np.asarray(original))):
+                return (
+                    f"{caller}: `{name}` has {int(bad.sum())} value(s) beyond the range of the "
+                    f"model's dtype {jnp.dtype(dtype).name} (first at index {where}); rescale "
+                    "the data, or use a model of a wider dtype."
+                )
+            return (
+                f"{caller}: `{name}` contains {int(bad.sum())} non-finite value(s) (NaN or "
+                f"Inf), first at index {where}; remove or impute them."
+            )
+    raise AssertionError("unreachable: a non-finite value was reported but not found")
+
+
+def check_finite(caller: str, model, data: dict, originals: dict | None = None) -> None:
+    """Raise a ``ValueError`` naming the first non-finite datum or parameter, when every
+    array is concrete; do nothing under ``jit``. ``data`` maps names to the arrays as cast
+    to the model's dtype, ``originals`` to the arrays as given (to tell an overflowing cast
+    from a NaN)."""
+    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_inexact_array))
+    arrays = list(data.values()) + [a for _, a in leaves]
+    if not is_concrete(*arrays) or bool(_all_finite(arrays)):
+        return
+    named = dict(data)
+    for path, a in leaves:
+        named["the model's " + jax.tree_util.keystr(path).lstrip(".")] = a
+    raise ValueError(_first_bad(named, originals or {}, model.dtype, caller))

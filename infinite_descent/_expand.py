@@ -6,24 +6,31 @@ import time
 from collections.abc import Callable
 from typing import NamedTuple
 
+import math
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from ._checks import check_model
-from ._grid import GridData
+from ._checks import check_data, check_grid, check_model
 from ._models._aion import AION
+from ._models._base import AbstractSumOfTerms
 from ._models._gaussian import GaussianAtoms
-from ._models._protocol import SumOfTerms
 from ._models._shallow import ShallowNetwork
+from ._options import check_max_steps, solver_from, trainable_leaves
+from ._problems._grid import GridData
+from ._solution import RESULTS
 from ._solve import solve
+from ._solver._snr import SNR
 
 
 class ExpansionStep(NamedTuple):
     """One stage of :func:`expand`: the model kept at ``terms`` terms and its final ``Phi``;
     what the stage cost: inner iterations and passes over the data of every solve it ran (the
     new term's residual fits and each candidate's joint solve), its wall time, and
-    ``candidates``, the joint solves it ran; the kept solve's result code.
+    ``candidates``, the joint solves it ran; the kept solve's `RESULTS` message (empty when
+    it converged).
 
     ```python
     x, y = idn.problems.paper_toy()
@@ -43,7 +50,7 @@ class ExpansionStep(NamedTuple):
     candidates: int = 1
 
 
-def default_new_term(model: SumOfTerms) -> Callable:
+def default_new_term(model: AbstractSumOfTerms) -> Callable:
     """A function ``key -> one-term model`` like ``model``, from its default initialisation."""
     if isinstance(model, AION):
         return lambda key: AION(1, model.dim, model.terms, key=key, shared_dims=model.shared_dims,
@@ -60,7 +67,7 @@ def default_new_term(model: SumOfTerms) -> Callable:
     )
 
 
-def append_term(model: SumOfTerms, term: SumOfTerms) -> SumOfTerms:
+def append_term(model: AbstractSumOfTerms, term: AbstractSumOfTerms) -> AbstractSumOfTerms:
     """``model`` with ``term``'s parameters appended along the term axis."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
@@ -82,8 +89,22 @@ def append_term(model: SumOfTerms, term: SumOfTerms) -> SumOfTerms:
     return eqx.combine(grown, static)
 
 
+def _grown_trainable(model: AbstractSumOfTerms, frozen):
+    """The ``trainable`` spec of ``model`` when the first terms follow ``frozen`` (the start's
+    spec, numpy leaves) and the terms added since are trainable."""
+    if frozen is None:
+        return None
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, treedef = jax.tree.flatten(params)
+    grown = [
+        np.concatenate([f, np.ones((leaf.shape[0] - f.shape[0], *f.shape[1:]), bool)])
+        for f, leaf in zip(jax.tree.leaves(frozen), leaves)
+    ]
+    return eqx.combine(jax.tree.unflatten(treedef, grown), static)
+
+
 def expand(
-    model: SumOfTerms,
+    model: AbstractSumOfTerms,
     x,
     y=None,
     *,
@@ -93,32 +114,42 @@ def expand(
     new_term: Callable | None = None,
     term_starts: int = 4,
     candidates: int = 4,
-    **solve_options,
-) -> tuple[SumOfTerms, list[ExpansionStep]]:
+    solver: SNR | None = None,
+    max_steps: int = 256,
+    trainable=None,
+    throw: bool = False,
+    chunk_size: int | str | None = "auto",
+    record_history: bool = False,
+    verbose: bool = False,
+    **solver_options,
+) -> tuple[AbstractSumOfTerms, list[ExpansionStep]]:
     """Grow ``model`` a term (an AION rank) at a time until ``Phi <= target_loss`` or
     ``max_terms`` terms.
 
-    The starting model is solved (:func:`solve`); then, while the loss is not low enough, a
-    term is added and all the terms are solved jointly. The new term is tried from up to
+    The starting model is solved (`solve`); then, while the loss is not low enough, a term
+    is added and all the terms are solved jointly. The new term is tried from up to
     ``candidates`` starts, each followed by its own joint solve, and the best joint result is
     kept (the tries stop at the first that reaches ``target_loss``):
 
     1. the fit of the current residual ``y - f(x)`` by a one-term model (the best of
-       ``term_starts`` random starts, each a :func:`solve`);
+       ``term_starts`` random starts, each a `solve`);
     2. then ``candidates - 1`` one-term models from ``new_term``'s random initialisation.
 
     Why both: the best one-term fit of the residual is unique and greedy, and the joint solve
-    from it can settle in a local minimum (measured on random rank-4 and rank-6 AION targets:
-    every residual-fit start led to the same minimum at ``Phi / sum y^2 ~ 1e-5``, where 6 of 8
-    random new terms reached ``1e-31``; ``benchmarks/expansion.py``). ``candidates=1`` keeps the
-    residual fit alone.
+    from it can settle in a local minimum (on random AION targets every residual-fit start
+    led to the same minimum where most random new terms reached the exact fit; see the
+    benchmarks). ``candidates=1`` keeps the residual fit alone.
 
-    **Arguments:** ``model`` (the starting model, often one term), data as for :func:`solve`,
+    **Arguments:** ``model`` (the starting model, often one term), data as for `solve`,
     ``max_terms``, ``target_loss``, ``key`` (for the new terms' starts), ``new_term`` (a function
     ``key -> one-term model``; AION, GaussianAtoms and ShallowNetwork have a default),
-    ``term_starts``, ``candidates`` and any option of :func:`solve`.
+    ``term_starts``, ``candidates``, and as for `solve` the ``solver`` (or its keywords) and
+    the run options: ``max_steps``, ``chunk_size`` and ``verbose`` apply to every solve;
+    ``trainable`` is the start's spec (the terms added are trainable); ``throw`` (default
+    ``False``) raises when the last solve kept is not successful; ``record_history`` is
+    refused (an expansion is many solves: read each stage's figures in the returned list).
 
-    **Returns** ``(model, history)``: the grown model and a list of :class:`ExpansionStep`,
+    **Returns** ``(model, history)``: the grown model and a list of `ExpansionStep`,
     one per stage, with everything the stage cost. A stage that cannot reach ``target_loss``
     (below the target's rank) pays for all its candidates.
 
@@ -130,33 +161,59 @@ def expand(
     print([(h.terms, h.loss) for h in history])
     ```
     """
-    check_model(model, "expand")
+    caller = "expand"
+    check_model(model, caller)
     if key is None:
-        raise ValueError("expand: pass `key=jax.random.key(...)` for the new terms' starts.")
-    if not isinstance(max_terms, int) or max_terms < model.num_terms:
+        raise ValueError(f"{caller}: pass `key=jax.random.key(...)` for the new terms' starts.")
+    if isinstance(max_terms, (bool, np.bool_)) or not isinstance(max_terms, (int, np.integer)) or (
+        max_terms < model.num_terms
+    ):
         raise ValueError(
-            f"expand: `max_terms` must be an integer >= the model's {model.num_terms} terms."
+            f"{caller}: `max_terms` must be an integer >= the model's {model.num_terms} terms, "
+            f"got {max_terms!r}."
         )
     for name, value in (("term_starts", term_starts), ("candidates", candidates)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"expand: `{name}` must be a positive integer, got {value!r}.")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or (
+            value < 1
+        ):
+            raise ValueError(f"{caller}: `{name}` must be a positive integer, got {value!r}.")
+    if isinstance(target_loss, (bool, np.bool_)) or not isinstance(
+        target_loss, (int, float, np.integer, np.floating)
+    ) or not (0 <= target_loss < math.inf):
+        raise ValueError(
+            f"{caller}: `target_loss` must be a finite number >= 0, got {target_loss!r}."
+        )
+    if record_history:
+        raise ValueError(
+            f"{caller}: record_history=True is not supported (an expansion runs many solves); "
+            "the returned list has each stage's figures."
+        )
+    snr = solver_from(solver, caller, solver_options)
+    check_max_steps(max_steps, caller)
     new_term = new_term or default_new_term(model)
-    solve_options.setdefault("throw", False)
-    points = x.points() if isinstance(x, GridData) else x
-    targets = x.values() if isinstance(x, GridData) else y
+    if isinstance(x, GridData):
+        grid = check_grid(model, x, y, caller)
+        points, targets = grid.points(), grid.values()
+    else:
+        x, y = check_data(model, x, y, caller)
+        points, targets = x, y
+    frozen = trainable_leaves(model, trainable, caller)
 
-    def run(start, data_x, data_y):
-        fitted, info = solve(start, data_x, data_y, **solve_options)
+    def run(start, data_x, data_y, spec=None):
+        fitted, info = solve(start, data_x, data_y, solver=snr, max_steps=max_steps,
+                             trainable=spec, throw=False, chunk_size=chunk_size,
+                             verbose=verbose)
         jax.block_until_ready(fitted)
         return fitted, info
 
     began = time.perf_counter()
-    model, info = run(model, x, y)
+    model, info = run(model, x, y, _grown_trainable(model, frozen))
     history = [ExpansionStep(
         terms=model.num_terms, loss=float(info.loss), inner_steps=int(info.inner_steps),
         data_passes=int(info.data_passes), seconds=time.perf_counter() - began,
-        result=str(int(info.result._value)), candidates=1,
+        result=RESULTS[info.result], candidates=1,
     )]
+    last = info
     while history[-1].loss > target_loss and model.num_terms < max_terms:
         began = time.perf_counter()
         steps = passes = 0
@@ -173,7 +230,8 @@ def expand(
                                 jax.random.split(random_key, candidates)[:candidates - 1]]
         best, best_info, tried = None, None, 0
         for term in starts:
-            joint, joint_info = run(append_term(model, term), x, y)
+            grown = append_term(model, term)
+            joint, joint_info = run(grown, x, y, _grown_trainable(grown, frozen))
             tried += 1
             steps += int(joint_info.inner_steps)
             passes += int(joint_info.data_passes)
@@ -181,10 +239,12 @@ def expand(
                 best, best_info = joint, joint_info
             if float(joint_info.loss) <= target_loss:
                 break
-        model = best
+        model, last = best, best_info
         history.append(ExpansionStep(
             terms=model.num_terms, loss=float(best_info.loss), inner_steps=steps,
             data_passes=passes, seconds=time.perf_counter() - began,
-            result=str(int(best_info.result._value)), candidates=tried,
+            result=RESULTS[best_info.result], candidates=tried,
         ))
+    if throw:
+        model = last.result.error_if(model, ~last.converged)
     return model, history

@@ -30,10 +30,19 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Bool, Float, Int
 
-from ._checks import check_data, check_model
-from ._linear_solve import DampedSystem, memory_budget_bytes, resolve_linear_solver
-from ._solve import HESSIANS
-from ._terms import make_problem, unstack_tree
+from ._checks import check_data, check_finite, check_grid, check_model
+from ._problems import GridData, make_problem
+from ._solver._linear import (
+    BlockJacobi,
+    CG,
+    AbstractLinearSolver,
+    DampedSystem,
+    Woodbury,
+    linear_solver_from,
+    memory_budget_bytes,
+    resolve_linear_solver,
+)
+from ._solver._snr import HESSIANS
 
 
 class NewtonState(NamedTuple):
@@ -66,18 +75,15 @@ class _Options(NamedTuple):
     relative: bool
     step_size: float
     hessian: str
-    linear_solver: str
+    linear_solver: AbstractLinearSolver
 
 
 @eqx.filter_jit
 def _newton_update(model, x, y, options: _Options):
     problem = make_problem(model, x, y)
     zero = jnp.zeros_like(problem.theta)
-    strategy = options.linear_solver
-    eq = problem.normal_equations(
-        zero, gram=strategy in ("dense", "block"), rank_grams=strategy == "cg",
-        jac=strategy == "woodbury",
-    )
+    solver = options.linear_solver
+    eq = problem.normal_equations(zero, **solver.sums())
     blocks = None
     if options.hessian == "exact":
         blocks = 0.5 * problem.rank_blocks(zero, residual_only=True)
@@ -88,30 +94,30 @@ def _newton_update(model, x, y, options: _Options):
         # network normalised by m^-beta it grows like m^(1 - 2 beta), the paper's scaling).
         lam = lam * jnp.sum(eq.diag) / problem.num_data
     ones = jnp.ones_like(eq.g)
-    system = DampedSystem(
-        strategy, eq, ones, lam, problem.block_size, ones,
-        residual_blocks=blocks, problem=problem, delta=zero, indefinite_ok=True,
-    )
-    step, _ = system.solve(-eq.g)
+    system = DampedSystem(eq, ones, lam, ones, blocks, problem, zero)
+    # Unlike the SNR loop, which rejects a step from an indefinite system, this method takes
+    # the step whatever it is: factor by LU where the system need not be definite.
+    state = solver.init(system, definite=False)
+    step, _ = solver.solve(state, system, -eq.g)
     step = options.step_size * step
     # The step itself in the model's layout (not (theta + step) - theta, which would round).
-    update = eqx.filter(unstack_tree(model, step.reshape(problem.theta.shape)),
+    update = eqx.filter(problem.to_model(step.reshape(problem.theta.shape), model),
                         eqx.is_inexact_array)
     descent = jnp.all(jnp.isfinite(step)) & (eq.g @ step < 0)
     return update, eq.loss, lam, descent
 
 
-def _strategy(name, hessian, num_data, num_params, itemsize):
+def _strategy(name, hessian, num_data, num_params, itemsize) -> AbstractLinearSolver:
     if name == "auto" and num_data < num_params and (
         num_data * num_params * itemsize <= memory_budget_bytes()
     ):
         # Unlike a solve's "auto" (which goes matrix-free above 2048 parameters), the
         # push-through system is N x N whatever M: the point of this method for wide networks.
-        return "woodbury"
+        return Woodbury()
     strategy = resolve_linear_solver(name, num_data, num_params, itemsize)
-    if hessian == "exact" and strategy in ("cg", "block"):
+    if hessian == "exact" and isinstance(strategy, (CG, BlockJacobi)):
         raise ValueError(
-            f"regularized_newton: linear_solver={strategy!r} needs a positive definite system, "
+            f"regularized_newton: linear_solver={name!r} needs a positive definite system, "
             "which the exact Hessian need not give; use 'dense' or 'woodbury' (or "
             "hessian='gauss_newton')."
         )
@@ -177,7 +183,7 @@ def regularized_newton(
         raise ValueError(
             f"regularized_newton: `hessian` must be one of {HESSIANS}, got {hessian!r}."
         )
-    resolve_linear_solver(linear_solver, 1, 1)  # validates the name
+    linear_solver_from(linear_solver, "regularized_newton")  # validates the name
 
     def init_fn(params) -> NewtonState:
         model = check_model(params, "regularized_newton.init")
@@ -193,14 +199,23 @@ def regularized_newton(
         del updates, extra_args
         if params is None:
             raise TypeError("regularized_newton.update: `params` (the model) is required.")
-        if x is None or y is None:
+        caller = "regularized_newton.update"
+        if x is None or (y is None and not isinstance(x, GridData)):
             raise TypeError(
-                "regularized_newton.update: pass the data as keywords, "
-                "`update(..., x=x, y=y)`."
+                f"{caller}: pass the data as keywords, `update(..., x=x, y=y)` (or "
+                "`x=GridData(...)` alone)."
             )
-        model = check_model(params, "regularized_newton.update")
-        x, y = check_data(model, x, y, "regularized_newton.update")
-        strategy = _strategy(linear_solver, hessian, x.shape[0], model.num_params,
+        model = check_model(params, caller)
+        if isinstance(x, GridData):
+            x = check_grid(model, x, y, caller)
+            check_finite(caller, model, {"y": x.y})
+            num_data = x.num_points
+        else:
+            original = {"x": x, "y": y}
+            x, y = check_data(model, x, y, caller)
+            check_finite(caller, model, {"x": x, "y": y}, original)
+            num_data = x.shape[0]
+        strategy = _strategy(linear_solver, hessian, num_data, model.num_params,
                              jnp.dtype(model.dtype).itemsize)
         options = _Options(float(regularization), bool(relative), float(step_size), hessian,
                            strategy)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import equinox as eqx
+import jax
 from jaxtyping import Array, Bool, Float, Int
 
 
@@ -36,6 +37,15 @@ class RESULTS(eqx.Enumeration):
         "The loss at the starting model is not finite (NaN or Inf: an exponential overflowed "
         "or the parameters are not finite); the model was returned unchanged. Rescale the "
         "inputs to about [-1, 1] or reduce the growth rates `alpha`."
+    )
+
+
+def result_messages(results: RESULTS) -> tuple[str, ...]:
+    """The readable message of each entry of a batch of `RESULTS` codes (e.g. one per start
+    of `multistart`)."""
+    leaf = jax.tree.leaves(results)[0]
+    return tuple(
+        RESULTS[jax.tree.map(lambda c, k=k: c[k], results)] for k in range(leaf.shape[0])
     )
 
 

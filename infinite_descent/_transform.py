@@ -11,8 +11,11 @@ import optax
 from jaxtyping import Array, Float, Int
 
 from ._checks import check_model
+from ._options import check_max_steps, prepare, solver_from
+from ._problems._grid import GridData
 from ._solution import RESULTS
-from ._solve import solve
+from ._solve import compiled_solve
+from ._solver._snr import SNR
 
 
 class SolveOnceState(NamedTuple):
@@ -39,25 +42,37 @@ class SolveOnceState(NamedTuple):
     result: RESULTS
 
 
-def solve_once(**solve_options) -> optax.GradientTransformationExtraArgs:
+def solve_once(
+    solver: SNR | None = None,
+    *,
+    max_steps: int = 256,
+    trainable=None,
+    throw: bool = False,
+    chunk_size: int | str | None = "auto",
+    record_history: bool = False,
+    verbose: bool = False,
+    **solver_options,
+) -> optax.GradientTransformationExtraArgs:
     """Infinite Descent as an optax transformation: each update is a whole SNR solve.
 
     ``update(updates, state, params, *, x, y, **extra_args)`` ignores the incoming
     ``updates`` (gradients from your loop, or anything else), solves
-    ``grad Phi(params + delta) = 0`` on the batch ``(x, y)`` with :func:`solve` and returns
+    ``grad Phi(params + delta) = 0`` on the batch ``(x, y)`` with `solve` and returns
     ``delta*``, so ``optax.apply_updates(params, updates)`` (or ``eqx.apply_updates``) lands on
-    the solved model. ``params`` is the :class:`AION` (or ``eqx.filter(model, eqx.is_array)``
-    of it). Unknown extra keyword arguments are ignored, so it composes with ``optax.chain``.
-    It runs under ``jax.jit`` and ``eqx.filter_jit``.
+    the solved model. ``params`` is the model (an `AION` or any `AbstractSumOfTerms`).
+    Unknown extra keyword arguments are ignored, so it composes with ``optax.chain``. It runs
+    under ``jax.jit`` and ``eqx.filter_jit``.
 
     Each update is a full-batch solve of the data it is given: feed it the whole data set (a
     minibatch would be fitted exactly and forget the rest).
 
-    **Arguments:** any keyword option of :func:`solve` (``max_steps``, ``linear_solver``,
-    ``hessian``, ``trainable``, tolerances). ``throw`` defaults to ``False`` here: a training
-    loop reads ``state.result`` rather than stopping.
+    **Arguments:** the same as `solve`: ``solver`` (an `SNR`, or its keywords given
+    directly), and the run options ``max_steps``, ``trainable``, ``throw``, ``chunk_size``,
+    ``record_history``, ``verbose``. They are checked here, when the transformation is built.
+    ``throw`` defaults to ``False`` here: a training loop reads ``state.result`` rather than
+    stopping.
 
-    Cost: one update is one :func:`solve`, its inner iterations and passes over the data in
+    Cost: one update is one `solve`, its inner iterations and passes over the data in
     ``state.inner_steps`` and ``state.data_passes``.
 
     ```python
@@ -67,15 +82,17 @@ def solve_once(**solve_options) -> optax.GradientTransformationExtraArgs:
     model = optax.apply_updates(model, updates)
     ```
     """
-    solve_options = dict(solve_options)
-    solve_options.setdefault("throw", False)
+    caller = "solve_once"
     for name in ("x", "y", "model"):
-        if name in solve_options:
-            raise TypeError(f"solve_once: `{name}` is passed to `update`, not to `solve_once`.")
+        if name in solver_options:
+            raise TypeError(f"{caller}: `{name}` is passed to `update`, not to `solve_once`.")
+    snr = solver_from(solver, caller, solver_options)
+    run = dict(max_steps=check_max_steps(max_steps, caller), trainable=trainable, throw=throw,
+               chunk_size=chunk_size, record_history=record_history, verbose=verbose)
 
     def init_fn(params) -> SolveOnceState:
-        check_model(params, "solve_once.init")
-        dtype = params.dtype
+        model = check_model(params, f"{caller}.init")
+        dtype = model.dtype
         return SolveOnceState(
             count=jnp.zeros((), jnp.int32),
             inner_steps=jnp.zeros((), jnp.int32),
@@ -88,16 +105,16 @@ def solve_once(**solve_options) -> optax.GradientTransformationExtraArgs:
     def update_fn(updates, state: SolveOnceState, params=None, *, x=None, y=None, **extra_args):
         del updates, extra_args
         if params is None:
-            raise TypeError("solve_once.update: `params` (the model) is required.")
-        from ._grid import GridData
-
+            raise TypeError(f"{caller}.update: `params` (the model) is required.")
         if x is None or (y is None and not isinstance(x, GridData)):
             raise TypeError(
-                "solve_once.update: pass the data as keywords, `update(..., x=x, y=y)` (or "
+                f"{caller}.update: pass the data as keywords, `update(..., x=x, y=y)` (or "
                 "`x=GridData(...)` alone)."
             )
-        model = check_model(params, "solve_once.update")
-        solved, info = solve(model, x, y, **solve_options)
+        model = check_model(params, f"{caller}.update")
+        prepared = prepare(model, x, y, f"{caller}.update", snr, **run)
+        solved, info = compiled_solve(model, prepared.x, prepared.y, prepared.trainable,
+                                 prepared.run, prepared.solver)
         delta = jax.tree.map(
             lambda new, old: new - old,
             eqx.filter(solved, eqx.is_inexact_array),

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._models._aion import AION, default_float_dtype
+from ._models import AION, default_float_dtype
 
 
 def paper_toy(dtype=None) -> tuple[jax.Array, jax.Array]:

@@ -37,7 +37,7 @@ WORKER = textwrap.dedent("""
     with jax.default_device(jax.local_devices()[0]):
         reference, ref_info = idn.solve(start, x, y, throw=False)
         f, f_ref = jax.vmap(model)(x[mine]), jax.vmap(reference)(x[mine])
-    assert int(info.result._value) == int(ref_info.result._value) == 0
+    assert bool(info.result == idn.RESULTS.successful) and bool(ref_info.result == idn.RESULTS.successful)
     assert float(info.loss) < 1e-20 and float(ref_info.loss) < 1e-20
     assert float(jnp.linalg.norm(f - f_ref) / jnp.linalg.norm(f_ref)) < 1e-9
     print("ok", pid, float(info.loss), int(info.inner_steps))

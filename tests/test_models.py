@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import infinite_descent as idn
-from infinite_descent._resummation import AIONResummation
-from infinite_descent._terms import TermsProblem, stack_tree
+from infinite_descent._problems import AIONResummation
+from infinite_descent._problems import AutodiffProblem
 
 
 def _relative(a, b):
@@ -45,17 +45,18 @@ def test_gaussian_resummation_equals_autodiff(rank, dim, terms, shared, size):
     y = jax.random.normal(k3, (40,))
     delta = _random_delta(model, k4, size)
     F = idn.resummed_residual(model, x, y)
-    assert type(F.resummation).__name__ == "GaussianResummation"
+    assert type(F.problem).__name__ == "GaussianResummation"
     got, want = F(delta), _reference_gradient(model, x, y, delta)
     assert jax.tree.structure(got) == jax.tree.structure(want)
     assert _relative(_flat(got), _flat(want)) < 1e-10
     # Per-rank blocks against the Hessian's diagonal blocks.
     shifted = eqx.apply_updates(model, delta)
     params, static = eqx.partition(shifted, eqx.is_inexact_array)
-    theta = stack_tree(model, params)
+    problem = F.problem
+    theta = problem.stack(params)
 
     def phi(t):
-        m = eqx.combine(eqx.filter(idn._terms.unstack_tree(model, t.reshape(theta.shape)),
+        m = eqx.combine(eqx.filter(problem.to_model(t.reshape(theta.shape), model),
                                    eqx.is_inexact_array), static)
         return jnp.sum((jax.vmap(m)(x) - y) ** 2)
 
@@ -72,7 +73,7 @@ def test_the_autodiff_path_equals_aions_resummation():
     model = idn.AION(3, 2, 2, key=k1)
     x = jax.random.uniform(k2, (50, 2), minval=-1.0, maxval=1.0)
     y = jax.random.normal(k3, (50,))
-    fast, generic = AIONResummation(model, x, y), TermsProblem(model, x, y)
+    fast, generic = AIONResummation(model, x, y), AutodiffProblem(model, x, y)
     np.testing.assert_array_equal(fast.theta.reshape(-1), generic.theta.reshape(-1))
     delta = 0.1 * jax.random.normal(k1, fast.theta.shape)
     a = fast.normal_equations(delta, rank_grams=True)

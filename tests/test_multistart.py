@@ -23,7 +23,8 @@ def test_multistart_on_the_toy():
     np.testing.assert_allclose(loss_of(best, x, y), float(info.loss[info.best]), atol=1e-24)
     assert float(info.loss[info.best]) < 1e-20
     assert np.all(np.asarray(info.loss) <= np.asarray(info.initial_loss))
-    assert np.all(np.asarray(info.result._value) == int(idn.RESULTS.successful._value))
+    assert np.all(np.asarray(info.result == idn.RESULTS.successful))
+    assert info.messages == (,) * len(info.messages)
     assert 0 < info.lane_utilisation <= 1 and info.segments >= 2
     # Each segment re-reads its start: passes = iterations + segments taken by that start.
     assert np.all(np.asarray(info.data_passes) > np.asarray(info.inner_steps))

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import infinite_descent as idn
-from infinite_descent._projection import ProjectedAION
+from infinite_descent._problems import ProjectedAION
 
 
 def _data(rank, dim, terms, n, key, grid=False):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import infinite_descent as idn
+from infinite_descent._problems import AIONResummation
 
 # (rank, dim, terms, shared): every rank 1-4, dim 1-5 and terms 1-3 appears, shared and untied.
 CASES = [
@@ -115,10 +116,8 @@ def test_rank_blocks_match_hessian(case):
 def test_rank_blocks_residual_part_plus_gauss_newton_is_the_block():
     model, x, y, delta = random_problem((3, 2, 2, False), 2)
     F = idn.resummed_residual(model, x, y)
-    from infinite_descent._resummation import stack_params
-
-    res = F.resummation
-    d = stack_params(delta)
+    res = F.problem
+    d = res.stack(delta)
     full = jax.jit(lambda r, d: r.rank_blocks(d))(res, d)
     residual_part = jax.jit(lambda r, d: r.rank_blocks(d, residual_only=True))(res, d)
     _, jac = jax.jit(lambda r, d: r.residual_and_jacobian(d))(res, d)
@@ -137,8 +136,6 @@ def reference_residuals(theta, x, y):
 
 @pytest.mark.parametrize("case", CASES[::3])
 def test_geodesic_rhs_is_jacobian_transpose_times_second_directional_derivative(case):
-    from infinite_descent._resummation import AIONResummation
-
     model, x, y, delta = random_problem(case, 0)
     problem = AIONResummation(model, x, y)
     d = 0.3 * stacked(delta)

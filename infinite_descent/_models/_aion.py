@@ -9,14 +9,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._protocol import SumOfTerms, check_sizes, separable_parameters
+from ._base import AbstractSumOfTerms, check_sizes, default_float_dtype, separable_parameters
 
 _FIELDS = ("A", "alpha", "omega", "phi")
-
-
-def default_float_dtype():
-    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
-    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def complex_dtype_of(dtype) -> jnp.dtype:
@@ -68,7 +63,7 @@ def leave_one_out_products(psi: Array) -> tuple[Array, Array]:
     return loo, total
 
 
-class AION(SumOfTerms):
+class AION(AbstractSumOfTerms):
     r"""Analytic, Infinitely-Optimisable Network.
 
     .. math::
@@ -123,9 +118,7 @@ class AION(SumOfTerms):
     alpha: Float[Array, "rank dims terms"]
     omega: Float[Array, "rank dims terms"]
     phi: Float[Array, "rank dims terms"]
-    rank: int = eqx.field(static=True)
     dim: int = eqx.field(static=True)
-    terms: int = eqx.field(static=True)
     shared_dims: bool = eqx.field(static=True)
 
     def __init__(
@@ -142,7 +135,8 @@ class AION(SumOfTerms):
         omega: ArrayLike | None = None,
         phi: ArrayLike | None = None,
     ):
-        check_sizes("AION", rank=rank, dim=dim, terms=terms)
+        sizes = check_sizes("AION", rank=rank, dim=dim, terms=terms)
+        rank, dim, terms = sizes["rank"], sizes["dim"], sizes["terms"]
         dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"AION: `dtype` must be a real floating dtype, got {dtype}.")
@@ -163,20 +157,18 @@ class AION(SumOfTerms):
         self.alpha = values["alpha"]
         self.omega = values["omega"]
         self.phi = values["phi"]
-        self.rank = rank
         self.dim = dim
-        self.terms = terms
         self.shared_dims = bool(shared_dims)
 
     @property
-    def dtype(self):
-        """The real dtype of the parameters."""
-        return self.A.dtype
+    def rank(self) -> int:
+        """``r``, read from the parameters' shape (the number of terms)."""
+        return self.A.shape[0]
 
     @property
-    def num_params(self) -> int:
-        """Number of real parameters, ``4 r d P`` (``4 r P`` with shared dimensions)."""
-        return 4 * self.A.size
+    def terms(self) -> int:
+        """``P``, the terms per atom, read from the parameters' shape."""
+        return self.A.shape[-1]
 
     def atoms(self, x: Float[Array, " dim"]) -> Float[Array, "rank dim"]:
         """The atom values ``psi_ji(x_i)``, shape ``(rank, dim)``."""
@@ -194,7 +186,3 @@ class AION(SumOfTerms):
         """One rank ``T_j(x) = prod_i psi_ji(x_i)``, on a module holding that rank only."""
         e = atom_exponentials(self.alpha, self.omega, self.phi, x)  # (d, P)
         return jnp.prod(jnp.sum(self.A * jnp.real(e), axis=-1))
-
-    def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
-        """``f(x)`` for one point ``x`` of shape ``(dim,)``."""
-        return jnp.sum(jnp.prod(self.atoms(x), axis=-1))

@@ -6,11 +6,10 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._aion import default_float_dtype
-from ._protocol import SumOfTerms, check_sizes, separable_parameters
+from ._base import AbstractSumOfTerms, check_sizes, default_float_dtype, separable_parameters
 
 
-class GaussianAtoms(SumOfTerms):
+class GaussianAtoms(AbstractSumOfTerms):
     r"""A separable model with Gaussian atoms.
 
     .. math::
@@ -38,15 +37,14 @@ class GaussianAtoms(SumOfTerms):
     A: Float[Array, "rank dims terms"]
     a: Float[Array, "rank dims terms"]
     m: Float[Array, "rank dims terms"]
-    rank: int = eqx.field(static=True)
     dim: int = eqx.field(static=True)
-    terms: int = eqx.field(static=True)
     shared_dims: bool = eqx.field(static=True)
 
     def __init__(self, rank: int, dim: int, terms: int, *, key: PRNGKeyArray | None = None,
                  shared_dims: bool = False, dtype=None, A: ArrayLike | None = None,
                  a: ArrayLike | None = None, m: ArrayLike | None = None):
-        check_sizes("GaussianAtoms", rank=rank, dim=dim, terms=terms)
+        sizes = check_sizes("GaussianAtoms", rank=rank, dim=dim, terms=terms)
+        rank, dim, terms = sizes["rank"], sizes["dim"], sizes["terms"]
         dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
         shape = (rank, 1 if shared_dims else dim, terms)
         given = {"A": A, "a": a, "m": m}
@@ -58,25 +56,20 @@ class GaussianAtoms(SumOfTerms):
             f"(rank, {'1' if shared_dims else 'dim'}, terms)",
         )
         self.A, self.a, self.m = values["A"], values["a"], values["m"]
-        self.rank, self.dim, self.terms = rank, dim, terms
+        self.dim = dim
         self.shared_dims = bool(shared_dims)
 
     @property
-    def dtype(self):
-        return self.A.dtype
+    def rank(self) -> int:
+        """The number of terms, read from the parameters' shape."""
+        return self.A.shape[0]
 
     @property
-    def num_params(self) -> int:
-        return 3 * self.A.size
+    def terms(self) -> int:
+        """The Gaussians per atom, read from the parameters' shape."""
+        return self.A.shape[-1]
 
     def term(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
+        """One term ``prod_i psi_i(x_i)``, on a module holding that term only."""
         u = x[:, None] - self.m  # (d, P) against (d' or d, P)
         return jnp.prod(jnp.sum(self.A * jnp.exp(-self.a * u * u), axis=-1))
-
-    def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
-        x = jnp.asarray(x, self.dtype)
-        if x.shape != (self.dim,):
-            raise ValueError(f"GaussianAtoms: expected one point of shape ({self.dim},).")
-        u = x[None, :, None] - self.m  # (r, d, P)
-        atoms = jnp.sum(self.A * jnp.exp(-self.a * u * u), axis=-1)  # (r, d)
-        return jnp.sum(jnp.prod(atoms, axis=-1))

@@ -9,11 +9,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._aion import default_float_dtype
-from ._protocol import SumOfTerms, check_sizes
+from ._base import AbstractSumOfTerms, check_sizes, default_float_dtype
 
 
-class ShallowNetwork(SumOfTerms):
+class ShallowNetwork(AbstractSumOfTerms):
     r"""A one-hidden-layer network, ``f(x) = s sum_j c_j sigma(w_j . x + b_j)``.
 
     Each hidden unit is a term with its own parameters ``(c_j, w_j, b_j)``, so the Hessian of
@@ -48,7 +47,8 @@ class ShallowNetwork(SumOfTerms):
                  activation: Callable = jnp.tanh, dtype=None, c: ArrayLike | None = None,
                  w: ArrayLike | None = None, b: ArrayLike | None = None,
                  output_scale: float = 1.0):
-        check_sizes("ShallowNetwork", width=width, dim=dim)
+        sizes = check_sizes("ShallowNetwork", width=width, dim=dim)
+        width, dim = sizes["width"], sizes["dim"]
         if isinstance(output_scale, bool) or not isinstance(output_scale, (int, float)) or not (
             0 < output_scale < float("inf")
         ):
@@ -75,7 +75,5 @@ class ShallowNetwork(SumOfTerms):
         return self.c.shape[0]
 
     def term(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
+        """One hidden unit ``s c sigma(w . x + b)``, on a module holding that unit only."""
         return self.output_scale * self.c * self.activation(self.w @ x + self.b)
-
-    def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
-        return self.output_scale * (self.c @ self.activation(self.w @ x + self.b))

@@ -19,8 +19,9 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._models._gaussian import GaussianAtoms
-from ._resummation import DataProblem, _materialized, chunk_data, separable_terms
+from .._models._gaussian import GaussianAtoms
+from ._aion import separable_terms
+from ._base import AbstractPointProblem, chunk_data, materialized
 
 
 def stack_gaussian(tree) -> Array:
@@ -47,7 +48,7 @@ def _gaussian_terms(theta, delta, basis, x, with_gradient=True):
         shift = jnp.exp(-d[:, :, 1] * u * u + theta[None, :, 1] * d[:, :, 2] * (2 * u0 - d[:, :, 2]))
         return b * shift, u
 
-    e, u = _materialized(exponentials, delta)
+    e, u = materialized(exponentials, delta)
     c = amplitude * e
     psi = jnp.sum(c, axis=-1)
     if not with_gradient:
@@ -56,10 +57,16 @@ def _gaussian_terms(theta, delta, basis, x, with_gradient=True):
     return separable_terms(psi, derivatives, theta.shape[-2] == 1)
 
 
-class GaussianResummation(DataProblem):
-    """A :class:`GaussianAtoms` problem over its data, through its resummation."""
+class GaussianResummation(AbstractPointProblem):
+    """A `GaussianAtoms` problem over its data, through its resummation; layout
+    ``(rank, 3, d', P)`` (``A, a, m``)."""
 
+    theta: Array
+    x: Array
+    y: Array
+    weight: Array | None
     basis: tuple[Array, Array] | None
+    num_data: int = eqx.field(static=True)
 
     def __init__(self, model: GaussianAtoms, x: Array, y: Array, chunk_size: int | None = None):
         self.theta = stack_gaussian(model)
@@ -70,22 +77,19 @@ class GaussianResummation(DataProblem):
             u = x[:, None, :, None] - model.m[None]  # (N, r, d, P)
             self.basis = (jnp.exp(-model.a[None] * u * u), u)
 
-    def _basis(self):
-        return self.basis
-
-    def _basis_by_term(self, num_points):
-        return jnp.zeros((num_points, self.theta.shape[0], 0))
-
-    def _terms(self, delta, x, basis):
+    def terms(self, delta, x, basis):
         values, grads = _gaussian_terms(self.theta, delta, basis, x)
         return values, grads.reshape(*grads.shape[:2], -1)
 
-    def _term_values(self, delta, x, basis):
+    def term_values(self, delta, x, basis):
         return _gaussian_terms(self.theta, delta, basis, x, with_gradient=False)
 
-    def _one_term(self, theta_j, delta_j, x, basis_j):
+    def one_term(self, theta_j, delta_j, x, basis_j):
         t, g = _gaussian_terms(theta_j[None], delta_j[None], None, x)
         return t[:, 0], g.reshape(g.shape[0], -1)
+
+    def stack(self, tree) -> Array:
+        return stack_gaussian(tree)
 
     def to_model(self, theta: Array, like):
         return unstack_gaussian(theta, like)

@@ -7,10 +7,11 @@ import abc
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 
-class SumOfTerms(eqx.Module):
+class AbstractSumOfTerms(eqx.Module):
     r"""Abstract base of models ``f(x) = sum_j g(x; theta_j)`` whose terms share no parameter.
 
     Every inexact-array field holds the parameters of all terms stacked along a leading axis
@@ -36,7 +37,7 @@ class SumOfTerms(eqx.Module):
     A subclass defines its array fields, ``dim`` and ``term``:
 
     ```python
-    class Ridges(idn.SumOfTerms):
+    class Ridges(idn.AbstractSumOfTerms):
         w: jax.Array   # (terms, dim)
         c: jax.Array   # (terms,)
         dim: int = eqx.field(static=True)
@@ -76,15 +77,37 @@ class SumOfTerms(eqx.Module):
         return jax.vmap(lambda p: eqx.combine(p, static).term(x))(params)
 
     def __call__(self, x: Float[Array, " dim"]) -> Float[Array, ""]:
-        """``f(x) = sum_j g(x; theta_j)`` for one point ``x`` of shape ``(dim,)``."""
+        """``f(x) = sum_j g(x; theta_j)`` for one point ``x`` of shape ``(dim,)``; evaluate a
+        batch with ``jax.vmap(model)(xs)``."""
+        x = jnp.asarray(x, self.dtype)
+        if x.shape != (self.dim,):
+            raise ValueError(
+                f"{type(self).__name__}: expected one point of shape ({self.dim},), got "
+                f"{x.shape}; evaluate batches with jax.vmap(model)(xs)."
+            )
         return jnp.sum(self.term_values(x))
 
 
-def check_sizes(owner: str, **sizes) -> None:
-    """Raise a clear ``ValueError`` unless every size is a positive (non-bool) integer."""
+SumOfTerms = AbstractSumOfTerms
+"""The name the first releases used for :class:`AbstractSumOfTerms`; kept for user code."""
+
+
+def check_sizes(owner: str, **sizes) -> dict[str, int]:
+    """Each size as a Python ``int``; a clear ``ValueError`` unless every size is a positive
+    integer (Python or numpy; not a bool)."""
+    out = {}
     for name, value in sizes.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or (
+            value < 1
+        ):
             raise ValueError(f"{owner}: `{name}` must be a positive integer, got {value!r}.")
+        out[name] = int(value)
+    return out
+
+
+def default_float_dtype():
+    """float64 when ``jax_enable_x64`` is on, float32 otherwise."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def separable_parameters(owner: str, shape: tuple, given: dict, bounds: dict, key, dtype,

@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._models._aion import AION, complex_exp
-from ._resummation import AIONResummation, NormalEquations, stack_params
+from .._models._aion import AION, complex_exp
+from ._aion import AIONResummation, stack_params, unstack_params
+from ._base import AbstractProblem, NormalEquations
 
 
 class GridData(eqx.Module):
@@ -121,20 +122,22 @@ def _contract_all_but(tensor: Array, psis: list[Array], keep: int) -> Array:
     return jnp.einsum(",".join(specs) + f"->{letters[keep]}z", *operands)
 
 
-class GridResummation(eqx.Module):
-    """An AION problem on grid data, with the same interface as :class:`AIONResummation`."""
+class GridResummation(AbstractProblem):
+    """An AION problem on grid data; the layout of `AIONResummation`."""
 
     model: AION
     theta: Array
     axes: tuple[Array, ...]
     y: Array
     bases: tuple[Array, ...]
+    num_data: int = eqx.field(static=True)
 
     def __init__(self, model: AION, grid: GridData):
         self.model = model
         self.theta = stack_params(model)
         self.axes = grid.axes
         self.y = grid.y
+        self.num_data = grid.num_points
         shared = self.theta.shape[2] == 1 and len(grid.axes) > 1
         bases = []
         for s, axis in enumerate(grid.axes):
@@ -146,23 +149,9 @@ class GridResummation(eqx.Module):
             ))  # exp(z(axis; Theta)), (n, r, P)
         self.bases = tuple(bases)
 
-    chunked = False
-
     @property
     def shared(self) -> bool:
         return self.theta.shape[2] == 1 and len(self.axes) > 1
-
-    @property
-    def block_size(self) -> int:
-        return self.theta[0].size
-
-    @property
-    def num_params(self) -> int:
-        return self.theta.size
-
-    @property
-    def num_data(self) -> int:
-        return int(np.prod([a.shape[0] for a in self.axes]))
 
     def data_finite(self) -> Array:
         finite = jnp.all(jnp.isfinite(self.y))
@@ -244,8 +233,11 @@ class GridResummation(eqx.Module):
     def residual_and_jacobian(self, delta):
         return self._expanded().residual_and_jacobian(delta)
 
-    def gradient(self, delta):
-        return (2 * self.normal_equations(delta).g).reshape(self.theta.shape)
+    def stack(self, tree) -> Array:
+        return stack_params(tree)
+
+    def to_model(self, theta: Array, like):
+        return unstack_params(theta, like)
 
 
 def _product(factors, ones):

@@ -21,11 +21,11 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from ._models._aion import AION
-from ._resummation import NormalEquations
+from .._models._aion import AION
+from ._base import AbstractProblem, NormalEquations
 
 
-class ProjectedAION(eqx.Module):
+class ProjectedAION(AbstractProblem):
     """The projected least-squares problem of an AION over its data (no chunks).
 
     ``theta`` holds the nonlinear parameters by rank, shape ``(r, m)``: for rank ``j``,
@@ -50,16 +50,6 @@ class ProjectedAION(eqx.Module):
             model.alpha.reshape(rank, -1), model.omega.reshape(rank, -1),
             model.A[:, 1:].reshape(rank, -1), model.phi[:, 1:].reshape(rank, -1),
         ], axis=1)
-
-    # -- shape --------------------------------------------------------------------------------
-
-    @property
-    def block_size(self) -> int:
-        return self.theta.shape[1]
-
-    @property
-    def num_params(self) -> int:
-        return self.theta.size
 
     def data_finite(self) -> Array:
         return jnp.all(jnp.isfinite(self.x)) & jnp.all(jnp.isfinite(self.y))
@@ -207,6 +197,11 @@ class ProjectedAION(eqx.Module):
 
     def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
         raise NotImplementedError("variable projection uses the Gauss-Newton Hessian only")
+
+    def stack(self, tree) -> Array:
+        raise NotImplementedError(
+            "variable projection eliminates some parameters; it takes no per-parameter mask"
+        )
 
     def to_model(self, theta: Array, like: AION) -> AION:
         """The full AION at nonlinear parameters ``theta``, with its optimal coefficients,

@@ -1,0 +1,220 @@
+"""What every entry point shares before it compiles anything: the solver object built from
+keywords (the one place they are mapped), the run options checked, the data checked.
+
+Run options (``max_steps``, ``trainable``, ``throw``, ``chunk_size``, ``record_history``,
+``verbose``) are keywords of the entry functions; the algorithm is an `SNR` object, or the
+keywords `SNR` takes, given to the entry function directly (kept for the first releases'
+users).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+from typing import NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ._checks import check_data, check_finite, check_grid, check_model
+from ._models._aion import AION
+from ._problems._grid import GridData
+from ._solver._linear import default_chunk_size, memory_budget_bytes
+from ._solver._snr import SNR
+
+SOLVER_KEYWORDS = tuple(
+    name for name in inspect.signature(SNR.__init__).parameters if name != "self"
+)
+RUN_KEYWORDS = ("max_steps", "trainable", "throw", "chunk_size", "record_history", "verbose")
+MAX_STEPS_LIMIT = 2**31 - 2  # the counters are int32
+
+
+def solver_from(solver: SNR | None, caller: str, keywords: dict) -> SNR:
+    """The `SNR` an entry point runs: ``solver`` itself, or one built from the keywords `SNR`
+    takes. An unknown keyword fails here, at the call, with the names it could mean."""
+    unknown = [k for k in keywords if k not in SOLVER_KEYWORDS]
+    if unknown:
+        name = unknown[0]
+        close = difflib.get_close_matches(name, SOLVER_KEYWORDS + RUN_KEYWORDS, n=1)
+        hint = f" Did you mean `{close[0]}`?" if close else ""
+        raise TypeError(f"{caller}: unknown option `{name}`.{hint}")
+    if solver is not None:
+        if not isinstance(solver, SNR):
+            raise TypeError(
+                f"{caller}: `solver` must be an `infinite_descent.SNR`, got "
+                f"{type(solver).__name__}."
+            )
+        if keywords:
+            raise TypeError(
+                f"{caller}: pass the algorithm either as `solver=` or as keywords "
+                f"({', '.join(sorted(keywords))}), not both."
+            )
+        return solver
+    try:
+        return SNR(**keywords)
+    except ValueError as error:
+        raise ValueError(str(error).replace("SNR:", f"{caller}:", 1)) from None
+
+
+def _flag(value, name: str, caller: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{caller}: `{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_max_steps(max_steps, caller: str, name: str = "max_steps") -> int:
+    if isinstance(max_steps, (bool, np.bool_)) or not isinstance(max_steps, (int, np.integer)):
+        raise ValueError(f"{caller}: `{name}` must be a non-negative integer, got {max_steps!r}.")
+    if not 0 <= max_steps <= MAX_STEPS_LIMIT:
+        raise ValueError(
+            f"{caller}: `{name}` must be between 0 and {MAX_STEPS_LIMIT} (the iteration counters "
+            f"are int32), got {max_steps!r}."
+        )
+    return int(max_steps)
+
+
+class RunOptions(NamedTuple):
+    """The run options, checked; static (hashable) for the compiled loop."""
+
+    max_steps: int
+    chunk_size: int | None
+    record_history: bool
+    verbose: bool
+    throw: bool
+
+
+class Prepared(NamedTuple):
+    """The checked data, trainable leaves, run options and resolved solver of one call."""
+
+    x: object
+    y: object
+    trainable: object
+    run: RunOptions
+    solver: SNR
+
+
+def trainable_leaves(model, trainable, caller: str):
+    """``None`` (everything trains), or the ``trainable`` filter spec as a pytree of boolean
+    numpy arrays shaped like ``eqx.filter(model, eqx.is_inexact_array)``."""
+    if trainable is None or (isinstance(trainable, (bool, np.bool_)) and trainable):
+        return None
+    params = eqx.filter(model, eqx.is_inexact_array)
+    if isinstance(trainable, (bool, np.bool_)):
+        return jax.tree.map(lambda a: np.zeros(a.shape, bool), params)
+    if type(trainable) is not type(model):
+        raise TypeError(
+            f"{caller}: `trainable` must be None, a bool, or a pytree with the model's "
+            "structure whose leaves are bools (e.g. `jax.tree.map(lambda _: True, model)` edited "
+            f"with `eqx.tree_at`), got {type(trainable).__name__}."
+        )
+    leaves, treedef = jax.tree.flatten(params)
+    flags = jax.tree.leaves(trainable)
+    if len(flags) != len(leaves):
+        raise ValueError(
+            f"{caller}: `trainable` must have one leaf per parameter array of the model."
+        )
+    out = []
+    for flag, leaf in zip(flags, leaves):
+        flag_array = np.asarray(flag)
+        if flag_array.dtype != bool:
+            raise TypeError(
+                f"{caller}: the leaves of `trainable` must be bools or boolean arrays, got "
+                f"{flag!r}."
+            )
+        try:
+            out.append(np.broadcast_to(flag_array, leaf.shape))
+        except ValueError:
+            raise ValueError(
+                f"{caller}: a `trainable` leaf of shape {flag_array.shape} does not broadcast "
+                f"to the parameter shape {leaf.shape}."
+            ) from None
+    return jax.tree.unflatten(treedef, out)
+
+
+def _chunk_size(chunk_size, num_data, num_params, itemsize, caller):
+    if chunk_size == "auto":
+        chunk_size = default_chunk_size(num_data, num_params, itemsize)
+    elif chunk_size is not None and (
+        isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer))
+        or chunk_size < 1
+    ):
+        raise ValueError(
+            f"{caller}: `chunk_size` must be 'auto', None or a positive integer, got "
+            f"{chunk_size!r}."
+        )
+    if chunk_size is not None and chunk_size >= num_data:
+        return None
+    return None if chunk_size is None else int(chunk_size)
+
+
+def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=None,
+            throw=False, chunk_size="auto", record_history=False,
+            verbose=False) -> Prepared:
+    """Check a call's model, data and run options; resolve the solver for the problem's size.
+    Cheap: shapes and dtypes in Python, one fused finiteness reduction outside ``jit``."""
+    check_model(model, caller)
+    max_steps = check_max_steps(max_steps, caller)
+    throw = _flag(throw, "throw", caller)
+    record_history = _flag(record_history, "record_history", caller)
+    verbose = _flag(verbose, "verbose", caller)
+    if isinstance(x, GridData):
+        grid = check_grid(model, x, y, caller)
+        if chunk_size not in ("auto", None):
+            raise ValueError(f"{caller}: `chunk_size` does not apply to GridData.")
+        check_finite(caller, model, {"y": grid.y, **{f"axes[{i}]": a
+                                                     for i, a in enumerate(grid.axes)}})
+        x, y, num_data, chunk_size = grid, None, grid.num_points, None
+    else:
+        original_x, original_y = x, y
+        x, y = check_data(model, x, y, caller)
+        check_finite(caller, model, {"x": x, "y": y}, {"x": original_x, "y": original_y})
+        num_data = x.shape[0]
+    num_params = model.num_params
+    itemsize = jnp.dtype(model.dtype).itemsize
+    if record_history and (max_steps + 1) * num_params * itemsize > memory_budget_bytes():
+        raise ValueError(
+            f"{caller}: record_history=True with max_steps={max_steps} would keep "
+            f"{max_steps + 1} x {num_params} parameters, more than the memory budget; lower "
+            "`max_steps` or record no history."
+        )
+    trainable = trainable_leaves(model, trainable, caller)
+    if solver.variable_projection:
+        _check_projection(model, x, trainable, chunk_size, num_data, caller)
+        chunk_size = None
+    else:
+        chunk_size = _chunk_size(chunk_size, num_data, num_params, itemsize, caller)
+    try:
+        solver = solver.resolved(num_data, num_params, itemsize, chunk_size is not None)
+    except ValueError as error:
+        raise ValueError(f"{caller}: {error}") from None
+    run = RunOptions(max_steps, chunk_size, record_history, verbose, throw)
+    return Prepared(x, y, trainable, run, solver)
+
+
+def _check_projection(model, x, trainable, chunk_size, num_data, caller) -> None:
+    if not isinstance(model, AION) or model.shared_dims:
+        raise ValueError(
+            f"{caller}: variable_projection=True needs an AION without shared_dims (the first "
+            "dimension's amplitudes and phases are what it eliminates)."
+        )
+    columns = 2 * model.rank * model.terms
+    if num_data < columns:
+        raise ValueError(
+            f"{caller}: variable_projection=True solves a linear least-squares problem in "
+            f"{columns} coefficients (2 rank terms) at every iteration, which needs at least "
+            f"that many points; got N = {num_data}."
+        )
+    if isinstance(x, GridData):
+        raise ValueError(f"{caller}: variable_projection=True does not take GridData.")
+    if trainable is not None:
+        raise ValueError(f"{caller}: variable_projection=True does not combine with `trainable`.")
+    if chunk_size not in ("auto", None) or (
+        chunk_size == "auto"
+        and default_chunk_size(num_data, model.num_params, jnp.dtype(model.dtype).itemsize)
+    ):
+        raise ValueError(
+            f"{caller}: variable_projection=True needs the whole data at once (its least squares "
+            "couple every point); this data would be chunked: pass chunk_size=None if it fits."
+        )
