@@ -125,20 +125,20 @@ def _all_finite(arrays) -> jax.Array:
 
 
 def _first_bad(named: dict, originals: dict, dtype, caller: str) -> str:
-    for name, a in named.items():
+    for label, a in named.items():
         bad = ~np.isfinite(np.asarray(a))
         if bad.any():
             where = np.argwhere(bad)[0].tolist() if bad.ndim else []
-            original = originals.get(name)
+            original = originals.get(label)
             if original is not None and np.all(np.isfinite(np.asarray(original))):
                 return (
-                    f"{caller}: `{name}` has {int(bad.sum())} value(s) beyond the range of the "
+                    f"{caller}: {label} has {int(bad.sum())} value(s) beyond the range of the "
                     f"model's dtype {jnp.dtype(dtype).name} (first at index {where}); rescale "
                     "the data, or use a model of a wider dtype."
                 )
             return (
-                f"{caller}: `{name}` contains {int(bad.sum())} non-finite value(s) (NaN or "
-                f"Inf), first at index {where}; remove or impute them."
+                f"{caller}: {label} contains NaN or Inf ({int(bad.sum())} value(s), first at "
+                f"index {where}); remove or impute them."
             )
     raise AssertionError("unreachable: a non-finite value was reported but not found")
 
@@ -152,7 +152,8 @@ def check_finite(caller: str, model, data: dict, originals: dict | None = None) 
     arrays = list(data.values()) + [a for _, a in leaves]
     if not is_concrete(*arrays) or bool(_all_finite(arrays)):
         return
-    named = dict(data)
+    named = {f"`{name}`": a for name, a in data.items()}
     for path, a in leaves:
-        named["the model's " + jax.tree_util.keystr(path).lstrip(".")] = a
-    raise ValueError(_first_bad(named, originals or {}, model.dtype, caller))
+        named[f"the model's `{jax.tree_util.keystr(path).lstrip('.')}`"] = a
+    originals = {f"`{name}`": a for name, a in (originals or {}).items()}
+    raise ValueError(_first_bad(named, originals, model.dtype, caller))

@@ -179,12 +179,12 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
             f"{max_steps + 1} x {num_params} parameters, more than the memory budget; lower "
             "`max_steps` or record no history."
         )
-    trainable = trainable_leaves(model, trainable, caller)
     if solver.variable_projection:
         _check_projection(model, x, trainable, chunk_size, num_data, caller)
         chunk_size = None
     else:
         chunk_size = _chunk_size(chunk_size, num_data, num_params, itemsize, caller)
+    trainable = trainable_leaves(model, trainable, caller)
     try:
         solver = solver.resolved(num_data, num_params, itemsize, chunk_size is not None)
     except ValueError as error:

@@ -24,7 +24,7 @@ def test_multistart_on_the_toy():
     assert float(info.loss[info.best]) < 1e-20
     assert np.all(np.asarray(info.loss) <= np.asarray(info.initial_loss))
     assert np.all(np.asarray(info.result == idn.RESULTS.successful))
-    assert info.messages == (,) * len(info.messages)
+    assert info.messages == ("",) * len(info.messages)
     assert 0 < info.lane_utilisation <= 1 and info.segments >= 2
     # Each segment re-reads its start: passes = iterations + segments taken by that start.
     assert np.all(np.asarray(info.data_passes) > np.asarray(info.inner_steps))
