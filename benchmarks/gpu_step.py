@@ -11,7 +11,7 @@ dense step contains: the floor), and the time of the pass that forms ``J``, ``J^
 ``Phi``. In float64 and float32. Then time per iteration against ``N`` at ``M = 128``.
 
 Meant for a GPU (it runs on a CPU too, slowly). The measuring code is
-``infinite_descent.scaling`` (notebook 03 uses it too). Prints a table and writes
+``infinite_descent.bench.timing`` (notebook 03 uses it too). Prints a table and writes
 ``OUT/gpu_step.json``.
 """
 
@@ -24,23 +24,23 @@ def measure(n, rank, dtype):
     import jax
     import jax.numpy as jnp
 
-    from infinite_descent import scaling
+    from infinite_descent.bench import timing
     from infinite_descent._resummation import AIONResummation, stack_params
 
-    row = scaling.iteration_time(n, rank, 4, 2, dtype=dtype)
-    _, start, x, y = scaling.random_problem(n, rank, 4, 2, dtype=dtype)
+    row = timing.iteration_time(n, rank, 4, 2, dtype=dtype)
+    _, start, x, y = timing.random_problem(n, rank, 4, 2, dtype=dtype)
     problem = AIONResummation(start, x, y)
     delta = jnp.zeros_like(stack_params(start))
     one_pass = jax.jit(lambda p, d: p.normal_equations(d, gram=False))
-    row["jacobian_pass_ms"] = scaling.median_ms(lambda: one_pass(problem, delta))
+    row["jacobian_pass_ms"] = timing.median_ms(lambda: one_pass(problem, delta))
     with_gram = jax.jit(lambda p, d: p.normal_equations(d, gram=True))
-    row["pass_with_gram_ms"] = scaling.median_ms(lambda: with_gram(problem, delta))
+    row["pass_with_gram_ms"] = timing.median_ms(lambda: with_gram(problem, delta))
     gram = with_gram(problem, delta).gram
     factor = jax.jit(lambda g: jax.scipy.linalg.cho_solve(
         jax.scipy.linalg.cho_factor(g + jnp.diag(jnp.diagonal(g) * 0.1)),
         jnp.ones(g.shape[0], g.dtype),
     ))
-    row["cholesky_ms"] = scaling.median_ms(lambda: factor(gram))
+    row["cholesky_ms"] = timing.median_ms(lambda: factor(gram))
     return row
 
 

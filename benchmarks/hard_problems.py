@@ -32,14 +32,14 @@ def _problem(i, spread, n):
     import jax
 
     import infinite_descent as idn
-    from infinite_descent._multistart import draw_starts
+    from infinite_descent.bench import starts as draw
 
     rank, dim = SHAPES[i % len(SHAPES)]
     k1, k2, k3 = jax.random.split(jax.random.key(500 + i), 3)
     target = idn.AION(rank, dim, 2, key=k1)
     x = jax.random.uniform(k2, (n, dim), minval=-1.0, maxval=1.0)
     y = jax.vmap(target)(x)
-    start = jax.tree.map(lambda a: a[1], draw_starts(target, 2, k3, spread))
+    start = jax.tree.map(lambda a: a[1], draw.perturbed(target, 2, k3, spread))
     return f"r{rank} d{dim} P2 #{i}", start, x, y
 
 
@@ -59,8 +59,8 @@ def main() -> None:
     import numpy as np
 
     import infinite_descent as idn
-    from infinite_descent import peers
-    from infinite_descent._multistart import draw_starts
+    from infinite_descent.bench import peers
+    from infinite_descent.bench import starts as draw
 
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--problems", type=int, default=8)
@@ -109,7 +109,7 @@ def main() -> None:
     multi = []
     for i in problems if 0.3 in spreads else ():
         name, start, x, y = _problem(i, 0.30, n)
-        starts = draw_starts(start, 16, jax.random.key(7), 0.3)  # the ones multistart draws
+        starts = draw.perturbed(start, 16, jax.random.key(7), 0.3)  # the ones multistart draws
         # Not one jitted function (segments run from Python): a warm-up call, then one timed.
         ms, (best, info) = peers.median_wall_ms(lambda: idn.multistart(
             start, x, y, num_starts=16, key=jax.random.key(7), spread=0.3), repeats=1)

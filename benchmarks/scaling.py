@@ -6,7 +6,7 @@ Each configuration runs in a fresh subprocess (so its peak resident memory, ``ru
 its own): a random exactly representable AION target on uniform points in ``[-1, 1]^d``, a
 start 5% off, and solves of 1 and 1 + ``--steps`` inner iterations (tolerances off), timed as
 medians after warm-up; their difference divided by ``--steps`` is the time per inner
-iteration (``infinite_descent.scaling.iteration_time``). Sweeps:
+iteration (``infinite_descent.bench.timing.iteration_time``). Sweeps:
 
 - ``N`` from 1e3 to 1e6 at ``M = 128`` (rank 4, dim 4, terms 2), dense, unchunked, and
   ``N = 4e6`` in chunks of 65536 points;
@@ -37,12 +37,12 @@ def one(n, rank, dim, terms, chunk, steps, repeats, linear_solver):
     """One configuration, in this process (the driver runs each in a fresh subprocess)."""
     import resource
 
-    from infinite_descent import scaling
+    from infinite_descent.bench import timing
 
     began = time.perf_counter()
-    row = scaling.iteration_time(n, rank, dim, terms, steps=(1, 1 + steps),
-                                 linear_solver=linear_solver, chunk_size=chunk,
-                                 repeats=repeats, floor=False)
+    row = timing.iteration_time(n, rank, dim, terms, steps=(1, 1 + steps),
+                                linear_solver=linear_solver, chunk_size=chunk,
+                                repeats=repeats, floor=False)
     row.update(chunk_size=chunk, seconds=time.perf_counter() - began,
                peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     return row

@@ -5,7 +5,7 @@
 Every method starts from ``idn.problems.paper_toy_start()`` on ``idn.problems.paper_toy()``.
 Prints the table (measured rows, then the paper's) and the robustness over random starts, and
 writes ``OUT/table1.json`` and ``OUT/figure1.png``. The machinery lives in
-``infinite_descent.reproduction`` so that notebook 01 runs the same code.
+``infinite_descent.bench.reproduction`` so that notebook 01 runs the same code.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 
 from benchmarks._common import machine, parser, print_table, write_json
 
-from infinite_descent import reproduction  # noqa: E402  (after _common sets float64)
+from infinite_descent.bench import reproduction  # noqa: E402  (after _common sets float64)
 
 
 def main() -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from benchmarks._common import machine, parser, print_table, write_json
 
 import infinite_descent as idn  # noqa: E402  (after _common sets float64)
-from infinite_descent import peers  # noqa: E402
+from infinite_descent.bench import peers  # noqa: E402
 
 SUCCESS = 1e-20
 

@@ -63,7 +63,7 @@ def main() -> None:
     import optimistix as optx
 
     import infinite_descent as idn
-    from infinite_descent import peers
+    from infinite_descent.bench import peers
     from infinite_descent._projection import ProjectedAION
 
     p = parser(__doc__.splitlines()[0])

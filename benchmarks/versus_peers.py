@@ -103,7 +103,7 @@ def main() -> None:
     import numpy as np
 
     import infinite_descent as idn
-    from infinite_descent import peers
+    from infinite_descent.bench import peers
 
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--starts", type=int, default=8)

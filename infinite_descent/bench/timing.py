@@ -1,11 +1,12 @@
 """Timing one exact step as the problem grows: shared by ``benchmarks/`` and notebook 03.
 
-Not imported by ``import infinite_descent``. Every time is a median after compilation; the time
-of one inner iteration is the difference between solves of two lengths divided by the
-difference in iterations, so the set-up (the basis, the first pass) cancels.
+Part of the benchmark harness :mod:`infinite_descent.bench` (this module needs only the core
+dependencies); not imported by ``import infinite_descent``. Every time is a median after
+compilation; the time of one inner iteration is the difference between solves of two lengths
+divided by the difference in iterations, so the set-up (the basis, the first pass) cancels.
 
-    from infinite_descent import scaling
-    row = scaling.iteration_time(100_000, rank=4, dim=4, terms=2)
+    from infinite_descent.bench import timing
+    row = timing.iteration_time(100_000, rank=4, dim=4, terms=2)
     print(row["ms_per_iteration"], row["gram_floor_ms"])
 """
 
@@ -18,10 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._models._aion import AION, default_float_dtype
-from ._solve import solve
+import infinite_descent as idn
 
 __all__ = ["random_problem", "iteration_time", "gram_floor_ms", "median_ms"]
+
+
+def _float_dtype():
+    """float64 when ``jax_enable_x64`` is on, float32 otherwise (read at call time)."""
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
 def median_ms(fn, repeats: int = 5) -> float:
@@ -43,9 +48,9 @@ def random_problem(n: int, rank: int, dim: int, terms: int, *, key: int = 0,
     Returns ``(target, start, x, y)``. The targets are evaluated in batches, so making the
     data never needs more memory than the solve.
     """
-    dtype = default_float_dtype() if dtype is None else dtype
+    dtype = _float_dtype() if dtype is None else dtype
     k1, k2, k3 = jax.random.split(jax.random.key(key), 3)
-    target = AION(rank, dim, terms, key=k1, dtype=dtype)
+    target = idn.AION(rank, dim, terms, key=k1, dtype=dtype)
     x = jax.random.uniform(k2, (n, dim), dtype, minval=-1.0, maxval=1.0)
     y = jax.lax.map(target, x, batch_size=min(n, 65536))
     leaves, treedef = jax.tree.flatten(target)
@@ -59,7 +64,7 @@ def random_problem(n: int, rank: int, dim: int, terms: int, *, key: int = 0,
 def gram_floor_ms(n: int, m: int, dtype=None, repeats: int = 5) -> float:
     """Time of ``J^T J`` for a random ``n x m`` matrix: the matrix product every dense step
     contains, the floor of its cost."""
-    dtype = default_float_dtype() if dtype is None else dtype
+    dtype = _float_dtype() if dtype is None else dtype
     jac = jax.random.normal(jax.random.key(1), (n, m), dtype)
     gram = jax.jit(lambda j: j.T @ j)
     return median_ms(lambda: gram(jac), repeats)
@@ -78,7 +83,7 @@ def iteration_time(n: int, rank: int, dim: int, terms: int, *, dtype=None,
     totals, infos = [], []
     for k in steps:
         # The data are arguments, not constants closed over (XLA would fold them).
-        run = jax.jit(lambda m, x, y, k=k: solve(
+        run = jax.jit(lambda m, x, y, k=k: idn.solve(
             m, x, y, throw=False, max_steps=k, xtol=0.0, ftol=0.0, chunk_size=chunk_size,
             linear_solver=linear_solver,
         ))

@@ -1,10 +1,10 @@
 """The paper's Table 1 and Figure 1, reproduced and set beside the peers.
 
 Used by ``python -m benchmarks.table1`` and by ``notebooks/01_paper_toy.ipynb``; needs the
-``benchmarks`` extra (optimistix, scipy, matplotlib). Not imported by
-``import infinite_descent``.
+``benchmarks`` extra (optimistix, scipy, matplotlib, tqdm). Part of the benchmark harness
+:mod:`infinite_descent.bench`; not imported by ``import infinite_descent``.
 
-    from infinite_descent import reproduction
+    from infinite_descent.bench import reproduction
     table = reproduction.measure()          # every method from paper_toy_start(), float64
     reproduction.figure1(table, "figure1.png")
 
@@ -18,10 +18,16 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+import equinox as eqx
 import jax
+import jax.numpy as jnp
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+from tqdm.auto import tqdm
 
-from . import peers, problems
+from infinite_descent import problems
+from infinite_descent.bench import peers
 
 SUCCESS = 1e-20
 SUCCESS_LOOSE = 1e-12
@@ -40,10 +46,10 @@ class Table1(NamedTuple):
     """The measured reproduction.
 
     - ``rows``: one dict per method (measured, then the paper's), the fields of
-      :meth:`infinite_descent.peers.MethodRun.row`.
+      :meth:`infinite_descent.bench.peers.MethodRun.row`.
     - ``robustness``: per method, successes over random starts and the median time.
     - ``adam_sweep``: the learning rates tried for Adam from the paper's start.
-    - ``runs``: the :class:`~infinite_descent.peers.MethodRun` of each method from the paper's
+    - ``runs``: the :class:`~infinite_descent.bench.peers.MethodRun` of each method from the paper's
       start, with its ``trace`` (and, for the three methods of Figure 1, its iterates).
     """
 
@@ -126,21 +132,14 @@ def measure(
 
 
 def _progress(items, description: str, enabled: bool):
-    """``items`` with a tqdm progress bar when tqdm is installed and progress is on."""
+    """``items`` with a tqdm progress bar when progress is on."""
     if not enabled:
-        return items
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
         return items
     return tqdm(items, desc=description, leave=False)
 
 
 def _landscape(table: Table1, axes: tuple[str, str], extent, resolution: int = 121):
     """``log10 Phi`` on a grid over two rank-1 parameters, the rest at ID's solution."""
-    import equinox as eqx
-    import jax.numpy as jnp
-
     x, y = problems.paper_toy()
     centre = table.runs["Infinite Descent"].model
     (lo0, hi0), (lo1, hi1) = extent
@@ -183,12 +182,8 @@ def figure1(table: Table1, path=None):
     method's measured median time is spread over its passes in proportion. Saved to ``path``
     when given; returns the matplotlib figure.
     """
-    import matplotlib
-
     if path is not None:
         matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, axs = plt.subplots(2, 2, figsize=(13, 10.5))
     start = problems.paper_toy_start()
     paths = {name: table.runs[name].extra["iterates"]

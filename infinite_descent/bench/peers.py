@@ -1,8 +1,9 @@
 """Runs of Infinite Descent and of the optimisers users would otherwise pick, measured alike.
 
 Shared by ``benchmarks/`` and the notebooks (which must run from the installed package
-alone). Needs the ``benchmarks`` extra: ``pip install "infinite_descent[benchmarks]"``
-(optimistix, scipy). Not imported by ``import infinite_descent``.
+alone). Part of the benchmark harness :mod:`infinite_descent.bench`, which uses only the
+package's public API. Needs the ``benchmarks`` extra: ``pip install
+"infinite_descent[benchmarks]"`` (optimistix, scipy). Not imported by ``import infinite_descent``.
 
 Every runner is built once for a data set (so JAX compiles once) and then called on a start
 model; it returns a :class:`MethodRun` whose ``final_loss`` is always
@@ -30,10 +31,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import optimistix as optx
 from jax.flatten_util import ravel_pytree
+from scipy.optimize import least_squares, minimize
 
-from ._models._aion import AION
-from ._transform import solve_once
+import infinite_descent as idn
+from infinite_descent import AION
 
 __all__ = [
     "MethodRun",
@@ -142,7 +145,7 @@ def _split(model: AION):
 
 def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
     """One ``idn.solve_once`` update, jit-compiled, from the given start."""
-    opt = solve_once(**solve_options)
+    opt = idn.solve_once(**solve_options)
 
     @eqx.filter_jit
     def update(model):
@@ -155,10 +158,8 @@ def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
         ms, (final, state) = median_wall_ms(lambda: update(model), repeats, warmup)
         extra = {}
         if trace:
-            from ._solve import solve
-
             options = {k: v for k, v in solve_options.items() if k != "throw"}
-            _, info = solve(model, x, y, throw=False, record_history=True, **options)
+            _, info = idn.solve(model, x, y, throw=False, record_history=True, **options)
             steps = int(info.inner_steps)
             history = info.history
             extra["trace"] = {
@@ -189,8 +190,6 @@ def optimistix_levenberg_marquardt(
     point, the first at the start (checked by counting evaluations in the traced run). The
     same accounting as Infinite Descent's.
     """
-    import optimistix as optx
-
     solver = optx.LevenbergMarquardt(rtol=rtol, atol=atol)
 
     def make_fit(log):
@@ -470,8 +469,6 @@ def scipy_newton_cg(
     paper's setting). Data passes: function + gradient + Hessian-vector product evaluations.
     With ``trace=True`` the run also returns the path (``extra["iterates"]``).
     """
-    from scipy.optimize import minimize
-
     functions = _flat_functions_cache(x, y)
 
     def fit(fns: _FlatFunctions, v0, log: EvaluationLog | None, path: list | None):
@@ -538,8 +535,6 @@ def scipy_least_squares(
     ``ftol = xtol = gtol = tol`` (MINPACK needs them above machine epsilon; 1e-15 is as tight
     as it goes). Data passes: residual evaluations plus Jacobian evaluations.
     """
-    from scipy.optimize import least_squares
-
     functions = _flat_functions_cache(x, y)
 
     def fit(fns: _FlatFunctions, v0, log: EvaluationLog | None):
