@@ -1,4 +1,4 @@
-"""AION: shapes, initialisation, and the value against the formula of DESIGN.md section 1."""
+"""AION: shapes, initialisation, and the value against the formula of docs/design.md section 1."""
 
 import dataclasses
 import math

@@ -109,7 +109,7 @@ def test_rank_blocks_match_hessian(case):
         assert relative_error(blocks[j], want) < 1e-10
     if rank > 1:
         # The off-diagonal (cross-rank) blocks are not zero: the Hessian is not
-        # block-diagonal across ranks (DESIGN.md's correction to the paper).
+        # block-diagonal across ranks (the correction to the paper, docs/design.md section 4).
         assert float(jnp.max(jnp.abs(hess[:m, m : 2 * m]))) > 1e-6
 
 

@@ -39,7 +39,7 @@ def test_toy_from_the_documented_start(toy):
 
 @pytest.mark.parametrize("shared", [True, False])
 def test_toy_random_starts(toy, shared):
-    """At least 29 of 30 random starts reach Phi < 1e-20 (DESIGN.md's start distribution)."""
+    """At least 29 of 30 random starts reach Phi < 1e-20 (docs/design.md's random starts)."""
     x, y = toy
     solve = jax.jit(lambda m: idn.solve(m, x, y, throw=False))
     losses = []
