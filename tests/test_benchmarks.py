@@ -1,9 +1,13 @@
 """The benchmark scripts run and write what their docs promise (tiny settings: no timing claims)."""
 
 import json
+import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = {
@@ -86,3 +90,36 @@ def test_versus_peers_script(tmp_path):
         assert r["best_relative_loss"] <= r["median_relative_loss"]
         # Every method that reached the level has a time to reach it, and only those.
         assert (r["median_ms_to_target"] is None) == (r["successes"] == 0)
+
+
+def test_redesign_script(tmp_path):
+    # HEAD against the working tree: fast, and independent of the history (a shallow clone has
+    # HEAD but not the default baseline). Needs git and a checkout, not an sdist.
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--verify", "HEAD"],
+                          capture_output=True, text=True)
+    if head.returncode != 0:
+        pytest.skip(f"not a git checkout with a commit: {head.stderr.strip()}")
+    run_module("benchmarks.redesign", "--out", str(tmp_path), "--quick", "--baseline", "HEAD")
+    [path] = tmp_path.glob("redesign_*.json")
+    result = json.loads(path.read_text())
+    assert result["baseline"]["commit"] == head.stdout.strip() and result["rounds"] == 1
+    assert [r["metric"] for r in result["summary"]] == [
+        "toy_ms_per_iteration", "aion_ms_per_iteration", "direct_ms", "jitted_ms", "overhead_ms"]
+    for row in result["summary"]:
+        assert math.isfinite(row["ratio"])
+        assert len(row["baseline_rounds_ms"]) == len(row["current_rounds_ms"]) == 1
+    # Each version imported its own tree: the baseline from the extracted copy, not this one.
+    [base], [cur] = result["runs"]["baseline"], result["runs"]["current"]
+    assert Path(cur["module_file"]).is_relative_to(REPO)
+    assert not Path(base["module_file"]).is_relative_to(REPO)
+    assert Path(base["module_file"]).is_relative_to(base["tree"])
+    for run in (base, cur):
+        # Every timed solve ran exactly its max_steps (none converged early).
+        for case in ("toy", "aion"):
+            assert {int(k): w["inner_steps"] for k, w in run[case]["work"].items()} == {
+                k: k for k in run[case]["steps"]}
+            assert all(len(v) > 0 for v in run[case]["samples_ms"].values())
+        assert len(run["calls"]["samples_ms"]["direct"]) == len(
+            run["calls"]["samples_ms"]["jitted"]) > 0
