@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._models._base import AbstractSumOfTerms
+from ._models._base import AbstractSumOfTerms, parameter_arrays
 from ._problems._grid import GridData
 
 
@@ -51,7 +51,7 @@ def check_model(model, caller: str):
             f"{caller}: expected an `infinite_descent.AION` (or another "
             f"`infinite_descent.AbstractSumOfTerms` model), got {type(model).__name__}."
         )
-    dtypes = {a.dtype for a in jax.tree.leaves(eqx.filter(model, eqx.is_inexact_array))}
+    dtypes = {a.dtype for a in parameter_arrays(model)}
     if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
         raise TypeError(
             f"{caller}: the model's parameters must share one real floating dtype, got "
@@ -60,7 +60,7 @@ def check_model(model, caller: str):
     return model
 
 
-def check_data(model, x, y, caller: str):
+def check_data(model, x, y, caller: str, dtype=None):
     """``x`` of shape ``(N, dim)`` and ``y`` of shape ``(N,)``, cast to the model's dtype.
 
     Raises ``TypeError`` for non-real or non-floating data and ``ValueError`` for wrong
@@ -81,7 +81,7 @@ def check_data(model, x, y, caller: str):
         )
     if x.shape[0] == 0:
         raise ValueError(f"{caller}: the data are empty (N = 0); at least one point is needed.")
-    dtype = model.dtype
+    dtype = model.dtype if dtype is None else dtype
     return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
 
 
@@ -143,17 +143,18 @@ def _first_bad(named: dict, originals: dict, dtype, caller: str) -> str:
     raise AssertionError("unreachable: a non-finite value was reported but not found")
 
 
-def check_finite(caller: str, model, data: dict, originals: dict | None = None) -> None:
+def check_finite(caller: str, model, data: dict, originals: dict | None = None,
+                 dtype=None) -> None:
     """Raise a ``ValueError`` naming the first non-finite datum or parameter, when every
     array is concrete; do nothing under ``jit``. ``data`` maps names to the arrays as cast
     to the model's dtype, ``originals`` to the arrays as given (to tell an overflowing cast
     from a NaN)."""
-    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_inexact_array))
-    arrays = list(data.values()) + [a for _, a in leaves]
+    arrays = list(data.values()) + parameter_arrays(model)
     if not is_concrete(*arrays) or bool(_all_finite(arrays)):
         return
     named = {f"`{name}`": a for name, a in data.items()}
+    leaves = jax.tree_util.tree_leaves_with_path(eqx.filter(model, eqx.is_inexact_array))
     for path, a in leaves:
         named[f"the model's `{jax.tree_util.keystr(path).lstrip('.')}`"] = a
     originals = {f"`{name}`": a for name, a in (originals or {}).items()}
-    raise ValueError(_first_bad(named, originals, model.dtype, caller))
+    raise ValueError(_first_bad(named, originals, dtype or model.dtype, caller))

@@ -10,6 +10,7 @@ users).
 from __future__ import annotations
 
 import difflib
+import functools
 import inspect
 from typing import NamedTuple
 
@@ -20,6 +21,7 @@ import numpy as np
 
 from ._checks import check_data, check_finite, check_grid, check_model
 from ._models._aion import AION
+from ._models._base import parameter_arrays
 from ._problems._grid import GridData
 from ._solver._linear import default_chunk_size, memory_budget_bytes
 from ._solver._snr import SNR
@@ -31,9 +33,14 @@ RUN_KEYWORDS = ("max_steps", "trainable", "throw", "chunk_size", "record_history
 MAX_STEPS_LIMIT = 2**31 - 2  # the counters are int32
 
 
+DEFAULT_SOLVER = SNR()
+
+
 def solver_from(solver: SNR | None, caller: str, keywords: dict) -> SNR:
     """The `SNR` an entry point runs: ``solver`` itself, or one built from the keywords `SNR`
     takes. An unknown keyword fails here, at the call, with the names it could mean."""
+    if solver is None and not keywords:
+        return DEFAULT_SOLVER
     unknown = [k for k in keywords if k not in SOLVER_KEYWORDS]
     if unknown:
         name = unknown[0]
@@ -155,6 +162,9 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
     """Check a call's model, data and run options; resolve the solver for the problem's size.
     Cheap: shapes and dtypes in Python, one fused finiteness reduction outside ``jit``."""
     check_model(model, caller)
+    leaves = parameter_arrays(model)
+    dtype = leaves[0].dtype
+    num_params = sum(a.size for a in leaves)
     max_steps = check_max_steps(max_steps, caller)
     throw = _flag(throw, "throw", caller)
     record_history = _flag(record_history, "record_history", caller)
@@ -168,11 +178,10 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
         x, y, num_data, chunk_size = grid, None, grid.num_points, None
     else:
         original_x, original_y = x, y
-        x, y = check_data(model, x, y, caller)
-        check_finite(caller, model, {"x": x, "y": y}, {"x": original_x, "y": original_y})
+        x, y = check_data(model, x, y, caller, dtype)
+        check_finite(caller, model, {"x": x, "y": y}, {"x": original_x, "y": original_y}, dtype)
         num_data = x.shape[0]
-    num_params = model.num_params
-    itemsize = jnp.dtype(model.dtype).itemsize
+    itemsize = dtype.itemsize
     if record_history and (max_steps + 1) * num_params * itemsize > memory_budget_bytes():
         raise ValueError(
             f"{caller}: record_history=True with max_steps={max_steps} would keep "
@@ -186,11 +195,16 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
         chunk_size = _chunk_size(chunk_size, num_data, num_params, itemsize, caller)
     trainable = trainable_leaves(model, trainable, caller)
     try:
-        solver = solver.resolved(num_data, num_params, itemsize, chunk_size is not None)
+        solver = _resolved(solver, num_data, num_params, itemsize, chunk_size is not None)
     except ValueError as error:
         raise ValueError(f"{caller}: {error}") from None
     run = RunOptions(max_steps, chunk_size, record_history, verbose, throw)
     return Prepared(x, y, trainable, run, solver)
+
+
+@functools.lru_cache(maxsize=256)
+def _resolved(solver: SNR, num_data: int, num_params: int, itemsize: int, chunked: bool) -> SNR:
+    return solver.resolved(num_data, num_params, itemsize, chunked)
 
 
 def _check_projection(model, x, trainable, chunk_size, num_data, caller) -> None:

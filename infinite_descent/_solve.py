@@ -99,7 +99,17 @@ def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, initial_damp
     return model_star, info
 
 
-compiled_solve = eqx.filter_jit(run_solve)
+_jit_arrays = jax.jit(run_solve, static_argnums=(4, 5))
+_jit_filtered = eqx.filter_jit(run_solve)
+
+
+def compiled_solve(model, x, y, trainable, run: RunOptions, solver: SNR):
+    """`run_solve`, compiled once per shape and option. ``jax.jit``'s dispatch when every leaf
+    of the model is an array (the common case, and the cheaper call); ``eqx.filter_jit`` for
+    models with other leaves."""
+    if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(model)):
+        return _jit_arrays(model, x, y, trainable, run, solver)
+    return _jit_filtered(model, x, y, trainable, run, solver)
 
 
 def solve(

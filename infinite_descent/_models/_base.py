@@ -11,6 +11,12 @@ import numpy as np
 from jaxtyping import Array, Float
 
 
+def parameter_arrays(model) -> list:
+    """The model's floating-point array leaves, in tree order (what ``eqx.filter(model,
+    eqx.is_inexact_array)`` keeps, without building the filtered tree)."""
+    return [leaf for leaf in jax.tree.leaves(model) if eqx.is_inexact_array(leaf)]
+
+
 class AbstractSumOfTerms(eqx.Module):
     r"""Abstract base of models ``f(x) = sum_j g(x; theta_j)`` whose terms share no parameter.
 
@@ -59,17 +65,17 @@ class AbstractSumOfTerms(eqx.Module):
     @property
     def dtype(self):
         """The real dtype of the parameters."""
-        return jax.tree.leaves(eqx.filter(self, eqx.is_inexact_array))[0].dtype
+        return parameter_arrays(self)[0].dtype
 
     @property
     def num_params(self) -> int:
         """Number of real parameters."""
-        return sum(a.size for a in jax.tree.leaves(eqx.filter(self, eqx.is_inexact_array)))
+        return sum(a.size for a in parameter_arrays(self))
 
     @property
     def num_terms(self) -> int:
-        leaves = jax.tree.leaves(eqx.filter(self, eqx.is_inexact_array))
-        return int(leaves[0].shape[0])
+        """Number of terms (the leading axis of every parameter array)."""
+        return int(parameter_arrays(self)[0].shape[0])
 
     def term_values(self, x: Float[Array, " dim"]) -> Float[Array, " terms"]:
         """Every term's value at ``x``, shape ``(num_terms,)``."""
