@@ -18,7 +18,8 @@ class ResummedResidual(eqx.Module):
     ``eqx.filter(model, eqx.is_inexact_array)`` (zeros = no shift); it returns the gradient in
     that same structure, as ``eqx.filter_grad`` would.
 
-    Besides ``__call__`` it offers ``loss(delta)`` (``Phi`` at ``model + delta``) and
+    Besides ``__call__`` it offers ``loss(delta)`` (``Phi`` at ``model + delta``),
+    ``normal_equations(delta)`` (``Phi``, ``J^T r`` and ``J^T J`` from one pass) and
     ``rank_blocks(delta)`` (the per-rank diagonal blocks of the Jacobian of ``F``, which is the
     Hessian of ``Phi``; shape ``(rank, m, m)``, each rank's parameters ordered
     ``A, alpha, omega, phi`` and, within each, row-major over ``(dims, terms)``).
@@ -49,6 +50,14 @@ class ResummedResidual(eqx.Module):
     def loss(self, delta) -> Array:
         """``Phi = sum_n (f(x_n) - y_n)^2`` at ``model + delta``."""
         return self.problem.normal_equations(self._stack(delta), gram=False).loss
+
+    @eqx.filter_jit
+    def normal_equations(self, delta) -> tuple[Array, Array, Array]:
+        """``(Phi, J^T r, J^T J)`` at ``model + delta`` from one pass over the data: the sums
+        of a Gauss-Newton step, flat over the parameters in the problem's layout (for AION
+        rank-major, ``A, alpha, omega, phi`` within a rank)."""
+        eq = self.problem.normal_equations(self._stack(delta), gram=True)
+        return eq.loss, eq.g, eq.gram
 
     @eqx.filter_jit
     def rank_blocks(self, delta) -> Array:

@@ -15,14 +15,6 @@ REPO = Path(__file__).resolve().parent.parent
 HARNESS = sorted((REPO / "infinite_descent" / "bench").glob("*.py"))
 BENCHMARKS = sorted((REPO / "benchmarks").glob("*.py"))
 
-# Private names the benchmark scripts still use, until the core has public ones for them.
-# A new private import fails the test; one that goes away must be struck from this list.
-KNOWN_PRIVATE = {
-    ("gpu_step.py", "infinite_descent._resummation"),
-    ("variable_projection.py", "infinite_descent._projection"),
-}
-
-
 def _imports(path):
     """``(module, names, line, at_top)`` for every import in the file (``at_top``: not inside
     a function); a relative module keeps its leading dots."""
@@ -58,13 +50,13 @@ def test_harness_uses_only_the_public_api_imported_at_the_top():
                 assert at_top, f"{path.name}:{line} imports {module} inside a function"
 
 
-def test_benchmarks_and_notebooks_use_no_new_private_names():
+def test_benchmarks_and_notebooks_use_no_private_names():
     used = set()
     for path in BENCHMARKS:
         for module, names, _, _ in _imports(path):
             if module.startswith("infinite_descent") and _private(module, names):
                 used.add((path.name, module))
-    assert used == KNOWN_PRIVATE
+    assert used == set()
     for path in sorted((REPO / "notebooks").glob("*.ipynb")):
         for cell in json.loads(path.read_text())["cells"]:
             assert "infinite_descent._" not in "".join(cell["source"]), path.name
