@@ -19,23 +19,26 @@ Public names:
 
 from . import problems
 from ._expand import ExpansionStep, expand
-from ._models import AION, AbstractSumOfTerms, GaussianAtoms, ShallowNetwork, SumOfTerms
+from ._models._aion import AION
+from ._models._base import AbstractSumOfTerms, SumOfTerms
+from ._models._gaussian import GaussianAtoms
+from ._models._shallow import ShallowNetwork
 from ._multistart import MultistartInfo, multistart
 from ._newton import NewtonState, regularized_newton
 from ._pencil import matrix_pencil
-from ._problems import GridData
+from ._problems._grid import GridData
 from ._residual import resummed_residual
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import solve
-from ._solver import (
+from ._solver._linear import (
     CG,
-    SNR,
     AbstractLinearSolver,
     AutoLinearSolver,
     BlockJacobi,
     Cholesky,
     Woodbury,
 )
+from ._solver._snr import SNR
 from ._transform import SolveOnceState, solve_once
 
 __version__ = "0.2.0.dev0"

@@ -31,7 +31,8 @@ import optax
 from jaxtyping import Array, Bool, Float, Int
 
 from ._checks import check_data, check_finite, check_grid, check_model
-from ._problems import GridData, make_problem
+from ._problems._grid import GridData
+from ._problems._select import make_problem
 from ._solver._linear import (
     BlockJacobi,
     CG,

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._models import AION, default_float_dtype
+from ._models._aion import AION
+from ._models._base import default_float_dtype
 
 
 def matrix_pencil(x, y, rank: int, terms: int = 1, *, real: bool = False, dtype=None) -> AION:

@@ -8,7 +8,9 @@ from jaxtyping import Array
 
 from ._checks import check_data, check_finite, check_grid, check_model
 from ._models._base import AbstractSumOfTerms
-from ._problems import AbstractProblem, GridData, make_problem
+from ._problems._base import AbstractProblem
+from ._problems._grid import GridData
+from ._problems._select import make_problem
 
 
 class ResummedResidual(eqx.Module):

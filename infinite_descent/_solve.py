@@ -9,7 +9,7 @@ import jax.numpy as jnp
 from ._models._aion import AION
 from ._models._base import AbstractSumOfTerms
 from ._options import RunOptions, prepare, solver_from
-from ._problems import make_problem
+from ._problems._select import make_problem
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solver._iterate import iterate
 from ._solver._linear import linear_solver_name

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._models import AION, default_float_dtype
+from ._models._aion import AION
+from ._models._base import default_float_dtype
 
 
 def paper_toy(dtype=None) -> tuple[jax.Array, jax.Array]:

@@ -9,8 +9,8 @@ import optax
 import pytest
 
 import infinite_descent as idn
-from infinite_descent._problems import GridResummation
-from infinite_descent._problems import AIONResummation
+from infinite_descent._problems._grid import GridResummation
+from infinite_descent._problems._aion import AIONResummation
 
 CASES = [  # rank, dim, terms, shared, grid shape
     (2, 2, 1, True, (25, 25)),

@@ -10,8 +10,13 @@ import jax.numpy as jnp
 import pytest
 
 import infinite_descent as idn
-from infinite_descent._solver import DampedSystem, default_chunk_size, linear_solver_from, resolve_linear_solver
-from infinite_descent._problems import AIONResummation
+from infinite_descent._solver._linear import (
+    DampedSystem,
+    default_chunk_size,
+    linear_solver_from,
+    resolve_linear_solver,
+)
+from infinite_descent._problems._aion import AIONResummation
 
 CASES = [(2, 3, 2, 40), (3, 2, 2, 200), (1, 2, 2, 30)]  # N < M, N > M, one rank
 

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 import infinite_descent as idn
-from infinite_descent._problems import AIONResummation
-from infinite_descent._problems import AutodiffProblem
+from infinite_descent._problems._aion import AIONResummation
+from infinite_descent._problems._autodiff import AutodiffProblem
 
 
 def _relative(a, b):

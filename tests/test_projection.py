@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import infinite_descent as idn
-from infinite_descent._problems import ProjectedAION
+from infinite_descent._problems._projection import ProjectedAION
 
 
 def _data(rank, dim, terms, n, key, grid=False):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import infinite_descent as idn
-from infinite_descent._problems import AIONResummation
+from infinite_descent._problems._aion import AIONResummation
 
 # (rank, dim, terms, shared): every rank 1-4, dim 1-5 and terms 1-3 appears, shared and untied.
 CASES = [

@@ -1,15 +1,2 @@
-"""Models of the Infinity Class: sums of terms with disjoint parameters."""
-
-from ._aion import AION
-from ._base import AbstractSumOfTerms, SumOfTerms, default_float_dtype
-from ._gaussian import GaussianAtoms
-from ._shallow import ShallowNetwork
-
-__all__ = [
-    "AION",
-    "AbstractSumOfTerms",
-    "GaussianAtoms",
-    "ShallowNetwork",
-    "SumOfTerms",
-    "default_float_dtype",
-]
+"""Models of the Infinity Class: sums of terms with disjoint parameters (one family per module;
+the public names are re-exported by the package's ``__init__``)."""

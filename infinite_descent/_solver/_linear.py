@@ -164,6 +164,16 @@ class AbstractLinearSolver(eqx.Module):
     ``jac``: flags of `NormalEquations`); ``init`` factors the system once; ``solve`` solves
     it for one right-hand side and says how many passes over the data that took;
     ``model_product`` gives ``G s`` for the quadratic model's predicted decrease.
+
+    A new way of solving the step is a subclass with these four methods (see
+    ``docs/contributing.md``); pass an instance as ``SNR(linear_solver=...)``.
+
+    ```python
+    for linear_solver in (idn.Cholesky(), idn.CG(rtol=1e-12), idn.BlockJacobi()):
+        assert isinstance(linear_solver, idn.AbstractLinearSolver)
+        _, info = idn.solve(start, x, y, solver=idn.SNR(linear_solver), throw=False)
+        print(info.linear_solver, int(info.inner_steps), float(info.loss))
+    ```
     """
 
     @abc.abstractmethod
@@ -217,7 +227,14 @@ class BlockJacobi(AbstractLinearSolver):
     """The paper's block-diagonal step: only the diagonal blocks of ``G`` (one per rank), each
     factored on its own, ``O(r m^3)``. It drops the cross-rank coupling of ``J^T J``, so it is
     a block-Jacobi approximation, kept to be measured as what it is. String shortcut
-    ``"block"``."""
+    ``"block"``. With the exact Hessian (``SNR(BlockJacobi(), hessian="exact")``) it is the
+    paper's step.
+
+    ```python
+    _, info = idn.solve(start, x, y, solver=idn.SNR(idn.BlockJacobi()), throw=False)
+    print(info.linear_solver, int(info.inner_steps))   # more iterations than the exact step
+    ```
+    """
 
     def sums(self) -> dict[str, bool]:
         return {"gram": True, "rank_grams": False, "jac": False}
@@ -246,7 +263,16 @@ class Woodbury(AbstractLinearSolver):
     """The push-through identity: with ``B`` the damping (plus the residual blocks),
     ``(B + J^T J)^{-1} = B^{-1} - B^{-1} J^T (I + J B^{-1} J^T)^{-1} J B^{-1}``, an ``N x N``
     system, ``O(N^2 M + N^3)``. Exact; cheaper than `Cholesky` when ``N < M``. Needs ``J``
-    (``N x M``) in memory, so no chunks. String shortcut ``"woodbury"``."""
+    (``N x M``) in memory, so no chunks. String shortcut ``"woodbury"``.
+
+    ```python
+    net = idn.ShallowNetwork(width=64, dim=2, key=jax.random.key(0))   # 256 parameters
+    xs, ys = x[::25], y[::25]                                          # 25 points: N < M
+    net, info = idn.solve(net, xs, ys, solver=idn.SNR(idn.Woodbury()), max_steps=20,
+                          throw=False)
+    print(info.linear_solver, float(info.loss))
+    ```
+    """
 
     def sums(self) -> dict[str, bool]:
         return {"gram": False, "rank_grams": False, "jac": True}
@@ -291,6 +317,11 @@ class CG(AbstractLinearSolver):
 
     **Arguments:** ``rtol`` (CG's relative residual tolerance, default ``1e-10``),
     ``max_steps`` (default ``None``: ``4 M``).
+
+    ```python
+    _, info = idn.solve(start, x, y, solver=idn.SNR(idn.CG(rtol=1e-12)))
+    print(int(info.inner_steps), int(info.data_passes))   # each CG product is a pass
+    ```
     """
 
     rtol: float = 1e-10
@@ -353,7 +384,12 @@ class AutoLinearSolver(eqx.Module):
       not chunked): `Woodbury`;
     - otherwise `Cholesky`.
 
-    String shortcut ``"auto"``; the default.
+    String shortcut ``"auto"``; the default. ``info.linear_solver`` names the one it chose.
+
+    ```python
+    choice = idn.AutoLinearSolver().resolve(num_data=625, num_params=8)
+    print(type(choice).__name__)                      # Cholesky
+    ```
     """
 
     dense_max_params: int = DENSE_MAX_PARAMS
