@@ -64,7 +64,7 @@ def check_data(model, x, y, caller: str, dtype=None):
     """``x`` of shape ``(N, dim)`` and ``y`` of shape ``(N,)``, cast to the model's dtype.
 
     Raises ``TypeError`` for non-real or non-floating data and ``ValueError`` for wrong
-    shapes or empty data. Values are checked by :func:`check_finite`.
+    shapes or empty data. Values are checked by `check_finite`.
     """
     x = _as_real_array(x, "x", caller)
     y = _as_real_array(y, "y", caller)

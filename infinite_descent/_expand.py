@@ -26,11 +26,11 @@ from ._solver._snr import SNR
 
 
 class ExpansionStep(NamedTuple):
-    """One stage of :func:`expand`: the model kept at ``terms`` terms and its final ``Phi``;
-    what the stage cost: inner iterations and passes over the data of every solve it ran (the
-    new term's residual fits and each candidate's joint solve), its wall time, and
-    ``candidates``, the joint solves it ran; the kept solve's `RESULTS` message (empty when
-    it converged).
+    """One stage of [`expand`][infinite_descent.expand]: the model kept at ``terms`` terms and
+    its final ``Phi``; what the stage cost: inner iterations and passes over the data of every
+    solve it ran (the new term's residual fits and each candidate's joint solve), its wall
+    time, and ``candidates``, the joint solves it ran; the kept solve's `RESULTS` message
+    (empty when it converged).
 
     ```python
     x, y = idn.problems.paper_toy()

@@ -19,7 +19,8 @@ from ._solver._snr import SNR
 
 
 class MultistartInfo(eqx.Module):
-    """What :func:`multistart` did, one entry per start (index 0: the model given).
+    """What [`multistart`][infinite_descent.multistart] did, one entry per start (index 0: the
+    model given).
 
     - ``loss``, ``initial_loss``: ``Phi`` at the end and at the start of each solve.
     - ``inner_steps``, ``data_passes``: per start, over all its segments (each segment re-reads

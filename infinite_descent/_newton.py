@@ -3,21 +3,23 @@ r"""``regularized_newton``: fixed-regularization Newton steps as an optax transf
 The classical regularized Newton method for a sum-of-terms model (a one-hidden-layer network
 above all): each update is
 
-.. math:: \Delta\theta = -\eta\,(H + \lambda I)^{-1} \nabla \tfrac12\Phi,
-          \qquad H = J^T J + \mathrm{blockdiag}_j \textstyle\sum_n r_n \mathrm{Hess}\, g_j(x_n),
+$$
+\Delta\theta = -\eta\,(H + \lambda I)^{-1} \nabla \tfrac12\Phi,
+\qquad H = J^T J + \mathrm{blockdiag}_j \textstyle\sum_n r_n \mathrm{Hess}\, g_j(x_n),
+$$
 
 with a fixed regularization ``lambda`` and step size ``eta``: no line search, no gain ratio,
-no adaptive damping (that is :func:`infinite_descent.solve`). It is the method whose
+no adaptive damping (that is [`solve`][infinite_descent.solve]). It is the method whose
 overparameterized limit is analysed through the Newton neural tangent kernel: in function
 space the residual evolves by ``r <- (I - eta K (K + lambda)^{-1}) r`` to first order, with
 ``K = J J^T``, so every eigen-direction of the kernel (every frequency, on a uniform grid)
 decays at nearly the same rate once ``lambda`` is small against ``K``'s eigenvalues, where
 gradient descent decays each at a rate proportional to its eigenvalue.
 
-The system is the one the SNR loop solves (:class:`~infinite_descent._linear_solve.
-DampedSystem`) with ``D = I`` and ``mu = lambda``: with more parameters than data
-(``width x (dim + 2) > N`` for a network) ``linear_solver="auto"`` takes the push-through
-identity, an ``N x N`` system, never an ``M x M`` one.
+The system is the one the SNR loop solves (`DampedSystem`) with ``D = I`` and
+``mu = lambda``: with more parameters than data (``width x (dim + 2) > N`` for a network)
+``linear_solver="auto"`` takes the push-through identity, an ``N x N`` system, never an
+``M x M`` one.
 """
 
 from __future__ import annotations
@@ -47,7 +49,7 @@ from ._solver._snr import HESSIANS
 
 
 class NewtonState(NamedTuple):
-    """State of :func:`regularized_newton`.
+    """State of [`regularized_newton`][infinite_descent.regularized_newton].
 
     - ``count``: updates done (int32).
     - ``loss``: ``Phi`` at the parameters the last update was computed at (``inf`` before the
@@ -134,7 +136,8 @@ def regularized_newton(
     linear_solver: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Regularized Newton steps ``-eta (H + lambda I)^{-1} grad (Phi / 2)`` as an optax
-    transformation, for any :class:`SumOfTerms` (a :class:`ShallowNetwork` above all).
+    transformation, for any [`SumOfTerms`][infinite_descent.SumOfTerms] (a
+    [`ShallowNetwork`][infinite_descent.ShallowNetwork] above all).
 
     ``update(updates, state, params, *, x, y)`` ignores ``updates``, computes the step at
     ``params`` on the batch ``(x, y)`` and returns it: apply it with ``optax.apply_updates`` (or
@@ -151,11 +154,11 @@ def regularized_newton(
     - ``step_size``: ``eta``; ``1`` is a full Newton step.
     - ``hessian``: ``"exact"`` (the default: Newton, with the residual-weighted term, which is
       block-diagonal over the terms) or ``"gauss_newton"`` (``J^T J`` only).
-    - ``linear_solver``: as for :func:`infinite_descent.solve` (``"auto"``: ``"woodbury"``
+    - ``linear_solver``: as for [`solve`][infinite_descent.solve] (``"auto"``: ``"woodbury"``
       when ``N < M``).
 
-    Unlike :func:`infinite_descent.solve` nothing guards the step: a step that raises ``Phi``
-    is taken. ``state.descent`` reports whether the step was a descent direction.
+    Unlike [`solve`][infinite_descent.solve] nothing guards the step: a step that raises
+    ``Phi`` is taken. ``state.descent`` reports whether the step was a descent direction.
 
     ```python
     net = idn.ShallowNetwork(256, 2, key=jax.random.key(0))   # 1024 parameters

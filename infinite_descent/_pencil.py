@@ -22,7 +22,7 @@ def matrix_pencil(x, y, rank: int, terms: int = 1, *, real: bool = False, dtype=
     ``(N - L) x (L + 1)`` matrix, ``L ~ N / 3``.
 
     Exact for noiseless data that a model of this size represents; otherwise an estimate to
-    start :func:`infinite_descent.solve` from.
+    start [`solve`][infinite_descent.solve] from.
 
     ```python
     p = idn.problems.lanczos3()

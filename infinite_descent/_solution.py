@@ -10,7 +10,7 @@ from jaxtyping import Array, Bool, Float, Int
 class RESULTS(eqx.Enumeration):
     """How a solve ended. ``RESULTS[code]`` is the readable message.
 
-    - ``successful``: a convergence test was met (see :func:`infinite_descent.solve`).
+    - ``successful``: a convergence test was met (see [`solve`][infinite_descent.solve]).
     - ``max_steps_reached``: ``max_steps`` inner iterations ran before any test was met; the
       model returned is still the best point found and never worse than the start.
     - ``nonfinite_data``: ``x`` or ``y`` holds NaN or Inf; the start is returned unchanged.
@@ -50,7 +50,7 @@ def result_messages(results: RESULTS) -> tuple[str, ...]:
 
 
 class SolveInfo(eqx.Module):
-    """What :func:`infinite_descent.solve` did, for honest reporting.
+    """What [`solve`][infinite_descent.solve] did, for honest reporting.
 
     **Fields:**
 
@@ -64,7 +64,8 @@ class SolveInfo(eqx.Module):
       Jacobian together count once; the per-rank second-derivative blocks count once more).
     - ``damping``: the final Levenberg-Marquardt damping ``lambda`` (relative to the scaling).
     - ``converged``: ``result == RESULTS.successful``.
-    - ``result``: a :class:`RESULTS` code; ``RESULTS[info.result]`` is its message.
+    - ``result``: a [`RESULTS`][infinite_descent.RESULTS] code; ``RESULTS[info.result]`` is its
+      message.
     - ``linear_solver``, ``hessian``: the strategies used (static strings).
 
     ```python
@@ -73,8 +74,9 @@ class SolveInfo(eqx.Module):
           f"{int(info.inner_steps)} inner iterations, {int(info.data_passes)} passes")
     ```
 
-    - ``history``: with ``solve(..., record_history=True)``, a :class:`SolveHistory` of every
-      inner iterate; otherwise ``None``.
+    - ``history``: with ``solve(..., record_history=True)``, a
+      [`SolveHistory`][infinite_descent.SolveHistory] of every inner iterate; otherwise
+      ``None``.
     """
 
     loss: Float[Array, ""]

@@ -19,13 +19,14 @@ from ._solver._snr import SNR
 
 
 class SolveOnceState(NamedTuple):
-    """State of :func:`solve_once`. Its dtypes never change between updates.
+    """State of [`solve_once`][infinite_descent.solve_once]. Its dtypes never change between
+    updates.
 
     - ``count``: updates done (int32).
     - ``inner_steps``, ``data_passes``: of the last update's solve (int32).
     - ``loss_before``, ``loss_after``: ``Phi`` before and after the last update (the
       parameters' dtype; ``inf`` before the first update).
-    - ``result``: the last solve's :class:`RESULTS` code.
+    - ``result``: the last solve's [`RESULTS`][infinite_descent.RESULTS] code.
 
     ```python
     opt = idn.solve_once()

@@ -1,8 +1,12 @@
 """Problems shared by the tests, the benchmarks and the notebooks.
 
-- :func:`paper_toy` / :func:`paper_toy_start`: the toy of the paper's Table 1.
-- :func:`random_toy_start`: random starts for the toy, from a documented distribution.
-- :func:`lanczos3`: the NIST StRD ``Lanczos3`` certified problem.
+- [`paper_toy`][infinite_descent.problems.paper_toy] /
+  [`paper_toy_start`][infinite_descent.problems.paper_toy_start]: the toy of the paper's
+  Table 1.
+- [`random_toy_start`][infinite_descent.problems.random_toy_start]: random starts for the
+  toy, from a documented distribution.
+- [`lanczos3`][infinite_descent.problems.lanczos3]: the NIST StRD ``Lanczos3`` certified
+  problem.
 """
 
 from __future__ import annotations
@@ -62,7 +66,8 @@ def random_toy_start(key, *, shared_dims: bool = True, dtype=None) -> AION:
     """A random start for the toy: rank 2, one term, entries drawn independently.
 
     ``A ~ U(0.5, 1.5)``, ``alpha ~ U(-0.5, 0.5)``, ``omega ~ U(1, 5)``, ``phi ~ U(-pi, pi)``
-    (DESIGN.md's distribution; the same as :class:`AION`'s default initialisation).
+    (the distribution of the design notes; the same as [`AION`][infinite_descent.AION]'s
+    default initialisation).
     ``shared_dims=True`` gives the 8-parameter model, ``False`` the 16-parameter untied one.
 
     ```python

@@ -26,10 +26,11 @@ class AbstractSumOfTerms(eqx.Module):
 
     Any such model has a Hessian ``H = 2 J^T J + 2 sum_n r_n Hess f_n`` whose second part is
     block-diagonal over the terms and whose first part couples them only through ``J``: the
-    structure :func:`infinite_descent.solve` exploits. A subclass gets the exact structured
+    structure [`solve`][infinite_descent.solve] exploits. A subclass gets the exact structured
     step from autodiff alone (per-term Jacobians by ``jax.jacfwd`` vmapped over terms); a model
-    whose terms are closed under differentiation and multiplication (AION, :class:`GaussianAtoms`)
-    can also provide a resummation, which ``solve`` uses as a faster path.
+    whose terms are closed under differentiation and multiplication (AION,
+    [`GaussianAtoms`][infinite_descent.GaussianAtoms]) can also provide a resummation, which
+    ``solve`` uses as a faster path.
 
     **Sufficient conditions for Infinity-Class membership**, in plain words: (1) the model is a
     sum of terms with disjoint parameters (so the coupling between terms goes through the data
@@ -95,7 +96,7 @@ class AbstractSumOfTerms(eqx.Module):
 
 
 SumOfTerms = AbstractSumOfTerms
-"""The name the first releases used for :class:`AbstractSumOfTerms`; kept for user code."""
+"""The name the first releases used for `AbstractSumOfTerms`; kept for user code."""
 
 
 def check_sizes(owner: str, **sizes) -> dict[str, int]:

@@ -12,18 +12,18 @@ from ._base import AbstractSumOfTerms, check_sizes, default_float_dtype, separab
 class GaussianAtoms(AbstractSumOfTerms):
     r"""A separable model with Gaussian atoms.
 
-    .. math::
-
-        f(x) = \sum_{j=1}^{r} \prod_{i=1}^{d} \psi_{ji}(x_i), \qquad
-        \psi_{ji}(x) = \sum_{p=1}^{P} A_{jip}\, e^{-a_{jip} (x - m_{jip})^2}.
+    $$
+    f(x) = \sum_{j=1}^{r} \prod_{i=1}^{d} \psi_{ji}(x_i), \qquad
+    \psi_{ji}(x) = \sum_{p=1}^{P} A_{jip}\, e^{-a_{jip} (x - m_{jip})^2}.
+    $$
 
     Parameters ``A`` (amplitude), ``a`` (inverse squared width) and ``m`` (centre), each of
     shape ``(rank, dim, terms)`` (``(rank, 1, terms)`` with ``shared_dims=True``). Like AION's
     exponentials, the family is closed under differentiation (a derivative is the atom times a
     polynomial in ``x - m``) and multiplication (a shift of ``(a, m)`` multiplies the atom by
-    ``exp(quadratic in x - m)``), so :func:`infinite_descent.resummed_residual` and
-    :func:`infinite_descent.solve` use a resummation: the basis ``exp(-a (x - m)^2)`` computed
-    once at ``Theta``. Cost: ``r d P`` exponentials per point.
+    ``exp(quadratic in x - m)``), so [`resummed_residual`][infinite_descent.resummed_residual]
+    and [`solve`][infinite_descent.solve] use a resummation: the basis ``exp(-a (x - m)^2)``
+    computed once at ``Theta``. Cost: ``r d P`` exponentials per point.
 
     **Default initialisation** (``key``): ``A ~ U(0.5, 1.5)``, ``a ~ U(1, 5)``,
     ``m ~ U(-1, 1)``, for inputs of order one. Any of ``A, a, m`` can be given explicitly.

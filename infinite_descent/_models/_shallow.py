@@ -17,8 +17,8 @@ class ShallowNetwork(AbstractSumOfTerms):
 
     Each hidden unit is a term with its own parameters ``(c_j, w_j, b_j)``, so the Hessian of
     the squared loss is block-diagonal over the units plus the low-rank coupling ``2 J^T J``:
-    :func:`infinite_descent.solve` takes the exact structured step by autodiff (no closure, so
-    no resummation). Fields: ``c`` ``(width,)``, ``w`` ``(width, dim)``, ``b`` ``(width,)``.
+    [`solve`][infinite_descent.solve] takes the exact structured step by autodiff (no closure,
+    so no resummation). Fields: ``c`` ``(width,)``, ``w`` ``(width, dim)``, ``b`` ``(width,)``.
     Cost of a pass: ``O(N width dim)`` per tangent.
 
     **Default initialisation** (``key``): ``w ~ N(0, 1 / dim)``, ``b ~ N(0, 1)``,

@@ -3,9 +3,9 @@ r"""The resummed residual ``F(Delta) = grad Phi(Theta + Delta)`` of an AION mode
 Shifting an atom's parameters by ``Delta`` multiplies its complex term by a factor that does
 not depend on ``Theta``:
 
-.. math::
-
-    (A + \delta A)\, e^{z(x; \Theta)}\, e^{(\delta\alpha + i \delta\omega) x + i \delta\varphi}.
+$$
+(A + \delta A)\, e^{z(x; \Theta)}\, e^{(\delta\alpha + i \delta\omega) x + i \delta\varphi}.
+$$
 
 So the basis ``B = exp(z(x_n; Theta))`` is computed once at ``Theta`` and every quantity at
 ``Theta + Delta`` (values, gradient, Jacobian) is an exact algebraic function of ``Delta``:
@@ -35,7 +35,7 @@ def stack_params(tree) -> Shaped[Array, "rank 4 dims terms"]:
 
 
 def unstack_params(theta: Array, like):
-    """Inverse of :func:`stack_params`: write ``theta`` into the AION-shaped pytree ``like``."""
+    """Inverse of `stack_params`: write ``theta`` into the AION-shaped pytree ``like``."""
     return eqx.tree_at(
         lambda m: (m.A, m.alpha, m.omega, m.phi),
         like,

@@ -20,7 +20,7 @@ def stack_terms(tree) -> Array:
 
 
 def unstack_terms(theta: Array, like):
-    """Inverse of :func:`stack_terms`: ``theta`` written into the parameter fields of
+    """Inverse of `stack_terms`: ``theta`` written into the parameter fields of
     ``like`` (a model or a filtered model)."""
     params, static = eqx.partition(like, eqx.is_inexact_array)
     leaves, treedef = jax.tree.flatten(params)
@@ -36,7 +36,7 @@ class AutodiffProblem(AbstractPointProblem):
     """Any `AbstractSumOfTerms` model over its data, by autodiff: per-term Jacobians from
     ``jax.jacfwd`` of one term (``m`` tangents) vmapped over the terms. No resummation, so
     each pass evaluates the model afresh; the structure of the step is the same. Layout:
-    ``(terms, m)``, see :func:`stack_terms`."""
+    ``(terms, m)``, see `stack_terms`."""
 
     model: AbstractSumOfTerms
     theta: Array

@@ -119,10 +119,11 @@ def materialized(fn, *args):
 
     On the CPU, XLA copies elementwise producers into each fusion that consumes them, so the
     complex exponentials (the dominant cost of an iteration) were evaluated three to four
-    times per iteration (measured: 0.20 ms instead of 0.10 ms per iteration on the paper's
-    toy). The output of a conditional is always materialised, so the computation goes into
-    one. The predicate is true unless the input is NaN, in which case the other branch
-    returns NaN, which is then also the right answer. Other backends fuse well and skip this.
+    times per iteration, which made each iteration on the paper's toy markedly slower
+    (measured; the figures are in the design notes). The output of a conditional is always
+    materialised, so the computation goes into one. The predicate is true unless the input is
+    NaN, in which case the other branch returns NaN, which is then also the right answer.
+    Other backends fuse well and skip this.
     """
     if jax.default_backend() != "cpu":
         return fn(*args)

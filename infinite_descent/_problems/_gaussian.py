@@ -1,12 +1,12 @@
-r"""The resummation of :class:`GaussianAtoms`.
+r"""The resummation of [`GaussianAtoms`][infinite_descent.GaussianAtoms].
 
 Shifting an atom's width and centre, ``(a, m) -> (a + da, m + dm)``, multiplies it by a factor
 that depends on the data only through ``u = x - m``:
 
-.. math::
-
-    e^{-(a + \delta a)(u - \delta m)^2} = e^{-a u^2}\,
-    e^{-\delta a (u - \delta m)^2 + a\, \delta m\, (2 u - \delta m)}.
+$$
+e^{-(a + \delta a)(u - \delta m)^2} = e^{-a u^2}\,
+e^{-\delta a (u - \delta m)^2 + a\, \delta m\, (2 u - \delta m)}.
+$$
 
 So the basis ``B = exp(-a u^2)`` and ``u`` are computed once at ``Theta``, and values,
 gradient and Jacobian at ``Theta + Delta`` are exact algebraic functions of ``Delta``:

@@ -80,7 +80,7 @@ class GridData(eqx.Module):
         return jnp.stack([m.reshape(-1) for m in mesh], axis=1)
 
     def values(self) -> Array:
-        """The targets as ``(N,)``, in the order of :meth:`points`."""
+        """The targets as ``(N,)``, in the order of [`points`][infinite_descent.GridData.points]."""
         return self.y.reshape(-1)
 
 

@@ -6,12 +6,14 @@ the pairs ``(a, b) = (A cos phi, A sin phi)`` of its atoms,
 fixed other ("nonlinear") parameters ``theta`` the best ``2 r P`` coefficients are a linear
 least-squares solution. Variable projection (Golub & Pereyra) minimises the projected residual
 
-.. math:: r(\theta) = B(\theta)\, c^*(\theta) - y, \qquad c^* = \arg\min_c \|B c - y\|,
+$$
+r(\theta) = B(\theta)\, c^*(\theta) - y, \qquad c^* = \arg\min_c \|B c - y\|,
+$$
 
 over ``theta`` alone: ``B`` is ``N x 2 r P``, ``c*`` comes from a QR factorisation, and the
 Jacobian of ``r`` is the exact one (Golub and Pereyra's formula), not Kaufman's
-approximation. :class:`ProjectedAION` offers the sums the SNR loop needs, so
-:func:`infinite_descent.solve` runs on it unchanged (``variable_projection=True``).
+approximation. `ProjectedAION` offers the sums the SNR loop needs, so
+[`solve`][infinite_descent.solve] runs on it unchanged (``variable_projection=True``).
 """
 
 from __future__ import annotations
@@ -81,8 +83,8 @@ class ProjectedAION(AbstractProblem):
         ``u R_{-i} dpsi_i``, with ``R_{-i}`` the product of the other atoms (prefix and suffix
         products, no division). Written out rather than left to ``jax.jacfwd``, which pushes
         all ``m`` tangents through every atom: with it, one residual-and-Jacobian evaluation
-        took 156 ms against 21 ms at ``d = 8``, ``N = 1e4`` (38 against 10 at ``d = 4``).
-        Tested against autodiff through the QR.
+        took several times longer (measured; the figures are in the design notes). Tested
+        against autodiff through the QR.
         """
         p = self._split(theta_j)
         num, dim, terms = self.x.shape[0], self.model.dim, self.model.terms
@@ -209,10 +211,11 @@ class ProjectedAION(AbstractProblem):
 
         The projected residual does not change when a later dimension's amplitudes are
         scaled (the first dimension's coefficients absorb it), so the loop drifts along that
-        gauge: measured in 8 dimensions, first-dimension amplitudes of 1e-15 against others of
-        4e3. Such a model is exact but fragile: ``start + (solved - start)``, what an optax
-        update applies, lost its first amplitudes to rounding (``Phi / sum y^2`` from 2e-29 to
-        1e-3). Rebalancing changes no value of the model beyond rounding.
+        gauge: in 8 dimensions, first-dimension amplitudes many orders of magnitude below the
+        others (measured; the figures are in the design notes). Such a model is exact but
+        fragile: ``start + (solved - start)``, what an optax update applies, lost its first
+        amplitudes to rounding (``Phi / sum y^2`` rose by many orders of magnitude).
+        Rebalancing changes no value of the model beyond rounding.
         """
         theta = theta.reshape(self.theta.shape)
         p = jax.vmap(self._split)(theta)  # each (r, d or d - 1, P)

@@ -2,14 +2,15 @@
 
 Used by ``python -m benchmarks.table1`` and by ``notebooks/01_paper_toy.ipynb``; needs the
 ``benchmarks`` extra (optimistix, scipy, matplotlib, tqdm). Part of the benchmark harness
-:mod:`infinite_descent.bench`; not imported by ``import infinite_descent``.
+`infinite_descent.bench`; not imported by ``import infinite_descent``.
 
     from infinite_descent.bench import reproduction
     table = reproduction.measure()          # every method from paper_toy_start(), float64
     reproduction.figure1(table, "figure1.png")
 
-All methods start from :func:`infinite_descent.problems.paper_toy_start` on
-:func:`infinite_descent.problems.paper_toy`; every reported loss is
+All methods start from
+[`problems.paper_toy_start`][infinite_descent.problems.paper_toy_start] on
+[`problems.paper_toy`][infinite_descent.problems.paper_toy]; every reported loss is
 ``Phi = sum_n (f(x_n) - y_n)^2`` recomputed from the final model.
 """
 
@@ -46,11 +47,11 @@ class Table1(NamedTuple):
     """The measured reproduction.
 
     - ``rows``: one dict per method (measured, then the paper's), the fields of
-      :meth:`infinite_descent.bench.peers.MethodRun.row`.
+      `infinite_descent.bench.peers.MethodRun.row`.
     - ``robustness``: per method, successes over random starts and the median time.
     - ``adam_sweep``: the learning rates tried for Adam from the paper's start.
-    - ``runs``: the :class:`~infinite_descent.bench.peers.MethodRun` of each method from the paper's
-      start, with its ``trace`` (and, for the three methods of Figure 1, its iterates).
+    - ``runs``: the `peers.MethodRun` of each method from the paper's start, with its
+      ``trace`` (and, for the three methods of Figure 1, its iterates).
     """
 
     rows: list[dict[str, Any]]
@@ -80,7 +81,8 @@ def measure(
 
     ``repeats``: timed runs per method from the paper's start (the median is reported; a
     warm-up run before them absorbs compilation). Random starts are timed once each after a
-    warm-up. Random starts are :func:`infinite_descent.problems.random_toy_start` with keys
+    warm-up. Random starts are
+    [`problems.random_toy_start`][infinite_descent.problems.random_toy_start] with keys
     ``0 .. starts - 1``. Adam's learning rate is the best of ``adam_rates`` from the paper's
     start (lowest final loss) and is then used for every start.
     """

@@ -1,6 +1,6 @@
-"""Starts drawn around a model, as :func:`infinite_descent.multistart` draws them.
+"""Starts drawn around a model, as [`multistart`][infinite_descent.multistart] draws them.
 
-Part of the benchmark harness :mod:`infinite_descent.bench`; needs only the core dependencies.
+Part of the benchmark harness `infinite_descent.bench`; needs only the core dependencies.
 A benchmark that solves the starts ``idn.multistart`` solves, one at a time with another method,
 draws them here with the same key and spread (``tests/test_bench.py`` checks that they agree).
 

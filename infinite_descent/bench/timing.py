@@ -1,6 +1,6 @@
 """Timing one exact step as the problem grows: shared by ``benchmarks/`` and notebook 03.
 
-Part of the benchmark harness :mod:`infinite_descent.bench` (this module needs only the core
+Part of the benchmark harness `infinite_descent.bench` (this module needs only the core
 dependencies); not imported by ``import infinite_descent``. Every time is a median after
 compilation; the time of one inner iteration is the difference between solves of two lengths
 divided by the difference in iterations, so the set-up (the basis, the first pass) cancels.
@@ -73,7 +73,7 @@ def gram_floor_ms(n: int, m: int, dtype=None, repeats: int = 5) -> float:
 def iteration_time(n: int, rank: int, dim: int, terms: int, *, dtype=None,
                    steps: tuple[int, int] = (2, 6), linear_solver: str = "dense",
                    chunk_size: Any = "auto", repeats: int = 5, floor: bool = True) -> dict:
-    """Time of one inner iteration of :func:`infinite_descent.solve` (tolerances off).
+    """Time of one inner iteration of [`solve`][infinite_descent.solve] (tolerances off).
 
     Returns a dict with ``N``, ``M``, ``dtype``, ``linear_solver``, ``ms_per_iteration``,
     ``setup_ms`` (the basis and the first pass), ``data_passes`` per iteration and, with
