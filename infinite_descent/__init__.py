@@ -10,7 +10,7 @@ Public names:
 - Data: `GridData`, tensor-grid data, accepted wherever ``x, y`` are.
 - The solver: `SNR` (its configuration), and the linear solvers of its damped system:
   `Cholesky`, `Woodbury`, `CG`, `BlockJacobi`, `AutoLinearSolver` (`AbstractLinearSolver`).
-- Entry points: `solve`, `solve_once` (an optax transformation), `multistart`, `expand`,
+- Entry points: `solve`, `least_squares` (any residual function), `solve_once` (an optax transformation), `multistart`, `expand`,
   `resummed_residual`, `regularized_newton`, `matrix_pencil`.
 - What they report: `SolveInfo`, `SolveHistory`, `SolveOnceState`, `MultistartInfo`,
   `ExpansionStep`, `NewtonState`, `RESULTS`.
@@ -19,6 +19,7 @@ Public names:
 
 from . import problems
 from ._expand import ExpansionStep, expand
+from ._least_squares import least_squares
 from ._models._aion import AION
 from ._models._base import AbstractSumOfTerms, SumOfTerms
 from ._models._gaussian import GaussianAtoms
@@ -65,6 +66,7 @@ __all__ = [
     "SumOfTerms",
     "Woodbury",
     "expand",
+    "least_squares",
     "matrix_pencil",
     "multistart",
     "problems",

@@ -137,8 +137,8 @@ def _first_bad(named: dict, originals: dict, dtype, caller: str) -> str:
                     "the data, or use a model of a wider dtype."
                 )
             return (
-                f"{caller}: {label} contains NaN or Inf ({int(bad.sum())} value(s), first at "
-                f"index {where}); remove or impute them."
+                f"{caller}: {label} contains {int(bad.sum())} non-finite value(s) (NaN or "
+                f"Inf), first at index {where}; remove or impute them."
             )
     raise AssertionError("unreachable: a non-finite value was reported but not found")
 

@@ -97,6 +97,7 @@ def multistart(
     chunk_size: int | str | None = "auto",
     record_history: bool = False,
     verbose: bool = False,
+    weights=None,
     **solver_options,
 ) -> tuple[AbstractSumOfTerms, MultistartInfo]:
     """Solve from many starts at once and keep the best: a globalisation for hard problems.
@@ -112,7 +113,7 @@ def multistart(
     ``num_starts * max_steps`` inner iterations, in batches; the waste of the vmapped loop is
     reported as ``info.lane_utilisation``.
 
-    Run options as for `solve`: ``trainable`` (frozen parameters are neither perturbed nor
+    ``weights`` as for `solve`. Run options as for `solve`: ``trainable`` (frozen parameters are neither perturbed nor
     moved), ``chunk_size``, ``verbose`` (each segment's inner iterations printed, every start
     of the batch) and ``throw`` (default ``False``: raise when the best start's result is
     not successful). ``record_history`` is refused: a vmapped, segmented solve has no one
@@ -150,7 +151,7 @@ def multistart(
     snr = solver_from(solver, caller, solver_options)
     prepared = prepare(model, x, y, caller, snr, max_steps=min(segment_steps, max_steps),
                        trainable=trainable, throw=False, chunk_size=chunk_size,
-                       verbose=verbose)
+                       verbose=verbose, weights=weights)
     param_masks = None
     if prepared.trainable is not None:
         param_masks = jax.tree.leaves(prepared.trainable)
@@ -163,9 +164,10 @@ def multistart(
         run = prepared.run._replace(max_steps=steps)
         # The data go in as arguments, not as constants closed over (XLA would fold them).
         return jax.jit(jax.vmap(
-            lambda p, mu, x, y, trainable: run_solve(eqx.combine(p, static), x, y, trainable,
-                                                     run, run_solver, mu),
-            in_axes=(0, 0, None, None, None),
+            lambda p, mu, x, y, trainable, w: run_solve(eqx.combine(p, static), x, y,
+                                                        trainable, run, run_solver, w,
+                                                        initial_damping=mu),
+            in_axes=(0, 0, None, None, None, None),
         ))
 
     dtype = model.dtype
@@ -184,7 +186,8 @@ def multistart(
         lanes = active + [active[-1]] * (size - len(active))
         batch = jax.tree.map(lambda a: jnp.asarray(a[np.array(lanes)]), host_params)
         solved, infos = batch_solve(length)(batch, jnp.asarray(damping[lanes], dtype),
-                                            prepared.x, prepared.y, prepared.trainable)
+                                            prepared.x, prepared.y, prepared.trainable,
+                                            prepared.weights)
         solved_params = jax.tree.map(np.asarray, eqx.filter(solved, eqx.is_inexact_array))
         segment_steps_done = np.asarray(infos.inner_steps)
         unfinished = np.asarray(infos.result == RESULTS.max_steps_reached)

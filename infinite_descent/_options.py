@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_data, check_finite, check_grid, check_model
+from ._checks import check_data, check_finite, check_grid, check_model, is_concrete
 from ._models._aion import AION
 from ._models._base import parameter_arrays
 from ._problems._grid import GridData
@@ -65,7 +65,7 @@ def solver_from(solver: SNR | None, caller: str, keywords: dict) -> SNR:
         raise ValueError(str(error).replace("SNR:", f"{caller}:", 1)) from None
 
 
-def _flag(value, name: str, caller: str) -> bool:
+def flag(value, name: str, caller: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise ValueError(f"{caller}: `{name}` must be True or False, got {value!r}.")
     return bool(value)
@@ -100,6 +100,8 @@ class Prepared(NamedTuple):
     trainable: object
     run: RunOptions
     solver: SNR
+    weights: object = None
+    regularization: object = None
 
 
 def trainable_leaves(model, trainable, caller: str):
@@ -157,8 +159,8 @@ def _chunk_size(chunk_size, num_data, num_params, itemsize, caller):
 
 
 def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=None,
-            throw=False, chunk_size="auto", record_history=False,
-            verbose=False) -> Prepared:
+            throw=False, chunk_size="auto", record_history=False, verbose=False,
+            weights=None, regularization=None) -> Prepared:
     """Check a call's model, data and run options; resolve the solver for the problem's size.
     Cheap: shapes and dtypes in Python, one fused finiteness reduction outside ``jit``."""
     check_model(model, caller)
@@ -166,9 +168,9 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
     dtype = leaves[0].dtype
     num_params = sum(a.size for a in leaves)
     max_steps = check_max_steps(max_steps, caller)
-    throw = _flag(throw, "throw", caller)
-    record_history = _flag(record_history, "record_history", caller)
-    verbose = _flag(verbose, "verbose", caller)
+    throw = flag(throw, "throw", caller)
+    record_history = flag(record_history, "record_history", caller)
+    verbose = flag(verbose, "verbose", caller)
     if isinstance(x, GridData):
         grid = check_grid(model, x, y, caller)
         if chunk_size not in ("auto", None):
@@ -198,8 +200,44 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
         solver = _resolved(solver, num_data, num_params, itemsize, chunk_size is not None)
     except ValueError as error:
         raise ValueError(f"{caller}: {error}") from None
+    shape = x.shape if isinstance(x, GridData) else (num_data,)
+    weights = check_weights(weights, shape, dtype, caller, solver)
+    regularization = check_regularization(regularization, dtype, caller)
     run = RunOptions(max_steps, chunk_size, record_history, verbose, throw)
-    return Prepared(x, y, trainable, run, solver)
+    return Prepared(x, y, trainable, run, solver, weights, regularization)
+
+
+def check_weights(weights, shape: tuple, dtype, caller: str, solver: SNR | None = None):
+    """Per-point weights ``w_n >= 0`` of ``shape``, cast to ``dtype``, or ``None``."""
+    if weights is None:
+        return None
+    if solver is not None and solver.variable_projection:
+        raise ValueError(f"{caller}: variable_projection=True does not take `weights`.")
+    array = weights if isinstance(weights, (jax.Array, np.ndarray)) else np.asarray(weights)
+    if not (jnp.issubdtype(array.dtype, jnp.floating) or jnp.issubdtype(array.dtype,
+                                                                       jnp.integer)):
+        raise TypeError(f"{caller}: `weights` must be real numbers, got dtype {array.dtype}.")
+    if tuple(array.shape) != tuple(shape):
+        raise ValueError(
+            f"{caller}: `weights` must have shape {tuple(shape)} (one per data point), got "
+            f"{tuple(array.shape)}."
+        )
+    array = jnp.asarray(array, dtype)
+    if is_concrete(array) and not bool(jnp.all(jnp.isfinite(array) & (array >= 0))):
+        raise ValueError(f"{caller}: `weights` must be finite and >= 0.")
+    return array
+
+
+def check_regularization(value, dtype, caller: str):
+    """``lambda >= 0`` as an array of ``dtype``, or ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+        value, (int, float, np.integer, np.floating)
+    ) or not (0 <= value < np.inf):
+        raise ValueError(f"{caller}: `regularization` must be a finite number >= 0, got "
+                         f"{value!r}.")
+    return jnp.asarray(float(value), dtype)
 
 
 @functools.lru_cache(maxsize=256)

@@ -8,7 +8,9 @@ import jax.numpy as jnp
 
 from ._models._aion import AION
 from ._models._base import AbstractSumOfTerms
-from ._options import RunOptions, prepare, solver_from
+from ._options import Prepared, RunOptions, prepare, solver_from
+from ._problems._base import AbstractProblem
+from ._problems._regularized import regularized
 from ._problems._select import make_problem
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solver._iterate import iterate
@@ -37,11 +39,12 @@ def gauge_mask(model: AION) -> jax.Array:
 
 
 @jax.custom_jvp
-def _no_derivative(tree):
+def no_derivative(tree):
+    """The identity, whose derivative raises a clear error: a solve is not differentiable."""
     return tree
 
 
-@_no_derivative.defjvp
+@no_derivative.defjvp
 def _no_derivative_jvp(primals, tangents):
     raise NotImplementedError(
         "Differentiating through `infinite_descent.solve` (or `solve_once`) is not supported: "
@@ -52,30 +55,21 @@ def _no_derivative_jvp(primals, tangents):
     )
 
 
-def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, initial_damping=None):
-    """The traced body of a solve: the problem, its mask, the loop, the solved model and its
-    `SolveInfo`. Shared by `solve`, `solve_once` and `multistart` (under ``vmap``)."""
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    params, x, y = _no_derivative((params, x, y))
-    model = eqx.combine(params, static)
-    problem = make_problem(model, x, y, run.chunk_size, projection=solver.variable_projection)
-    if trainable is None:
-        mask = jnp.ones(problem.num_params, bool)
-    else:
-        mask = problem.stack(jax.tree.map(jnp.asarray, trainable)).reshape(-1)
-    if solver.fix_gauge and isinstance(model, AION):
-        mask = mask & gauge_mask(model)
+def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: SNR,
+                initial_damping=None):
+    """The loop on ``problem`` and what it reports: ``(solved, info)``, with ``solved`` the
+    model (or parameters) ``like`` at the solution. Shared by every entry point."""
     out = iterate(solver, problem, mask, max_steps=run.max_steps,
                   record_history=run.record_history, verbose=run.verbose,
                   initial_damping=initial_damping)
-    model_star = problem.to_model(problem.theta + out.delta.reshape(problem.theta.shape), model)
+    solved = problem.to_model(problem.theta + out.delta.reshape(problem.theta.shape), like)
     history = None
     if out.history is not None:
         thetas = problem.theta[None] + out.history.delta.reshape(-1, *problem.theta.shape)
         history = SolveHistory(
             loss=out.history.loss,
             params=jax.vmap(
-                lambda t: eqx.filter(problem.to_model(t, model), eqx.is_inexact_array)
+                lambda t: eqx.filter(problem.to_model(t, like), eqx.is_inexact_array)
             )(thetas),
             damping=out.history.damping,
             accepted=out.history.accepted,
@@ -95,21 +89,42 @@ def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, initial_damp
         history=history,
     )
     if run.throw:
-        model_star = info.result.error_if(model_star, ~info.converged)
-    return model_star, info
+        solved = info.result.error_if(solved, ~info.converged)
+    return solved, info
+
+
+def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, weights=None,
+              regularization=None, initial_damping=None):
+    """The traced body of a solve: the problem, its mask, the loop, the solved model and its
+    `SolveInfo`. Shared by `solve`, `solve_once` and `multistart` (under ``vmap``)."""
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    params, x, y = no_derivative((params, x, y))
+    model = eqx.combine(params, static)
+    problem = make_problem(model, x, y, run.chunk_size, projection=solver.variable_projection,
+                           weights=weights)
+    problem = regularized(problem, regularization)
+    if trainable is None:
+        mask = jnp.ones(problem.num_params, bool)
+    else:
+        mask = problem.stack(jax.tree.map(jnp.asarray, trainable)).reshape(-1)
+    if solver.fix_gauge and isinstance(model, AION):
+        mask = mask & gauge_mask(model)
+    return run_problem(problem, model, mask, run, solver, initial_damping)
 
 
 _jit_arrays = jax.jit(run_solve, static_argnums=(4, 5))
 _jit_filtered = eqx.filter_jit(run_solve)
 
 
-def compiled_solve(model, x, y, trainable, run: RunOptions, solver: SNR):
-    """`run_solve`, compiled once per shape and option. ``jax.jit``'s dispatch when every leaf
-    of the model is an array (the common case, and the cheaper call); ``eqx.filter_jit`` for
-    models with other leaves."""
+def compiled_solve(model, prepared: Prepared):
+    """`run_solve` on a prepared call, compiled once per shape and option: ``jax.jit``'s
+    dispatch when every leaf of the model is an array (the common case, and the cheaper
+    call); ``eqx.filter_jit`` for models with other leaves."""
+    p = prepared
+    args = (model, p.x, p.y, p.trainable, p.run, p.solver, p.weights, p.regularization)
     if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(model)):
-        return _jit_arrays(model, x, y, trainable, run, solver)
-    return _jit_filtered(model, x, y, trainable, run, solver)
+        return _jit_arrays(*args)
+    return _jit_filtered(*args)
 
 
 def solve(
@@ -124,6 +139,8 @@ def solve(
     chunk_size: int | str | None = "auto",
     record_history: bool = False,
     verbose: bool = False,
+    weights=None,
+    regularization: float | None = None,
     **solver_options,
 ) -> tuple[AbstractSumOfTerms, SolveInfo]:
     r"""Solve ``F(delta) = grad Phi(model + delta) = 0`` by Structured Newton-Raphson.
@@ -163,6 +180,11 @@ def solve(
     - ``record_history``: keep every inner iterate in ``info.history`` (a `SolveHistory`).
     - ``verbose``: print, from inside ``jit``, each inner iteration's loss, gradient
       max-norm, damping and whether the step was taken.
+    - ``weights``: per-point weights ``w_n >= 0`` (shape ``(N,)``, or the grid's shape):
+      ``Phi = sum_n w_n (f(x_n) - y_n)^2``, the same as repeating a point ``w_n`` times where
+      the weights are integers.
+    - ``regularization``: ``lambda >= 0``; adds ``lambda |theta|^2`` over every parameter to
+      ``Phi`` (the residuals ``sqrt(lambda) theta``).
 
     The convergence tests (fields of `SNR`): the solve stops successfully at the first one
     met:
@@ -190,6 +212,5 @@ def solve(
     snr = solver_from(solver, "solve", solver_options)
     prepared = prepare(model, x, y, "solve", snr, max_steps=max_steps, trainable=trainable,
                        throw=throw, chunk_size=chunk_size, record_history=record_history,
-                       verbose=verbose)
-    return compiled_solve(model, prepared.x, prepared.y, prepared.trainable, prepared.run,
-                      prepared.solver)
+                       verbose=verbose, weights=weights, regularization=regularization)
+    return compiled_solve(model, prepared)

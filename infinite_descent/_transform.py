@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import equinox as eqx
@@ -11,11 +12,23 @@ import optax
 from jaxtyping import Array, Float, Int
 
 from ._checks import check_model
+from ._least_squares import is_parameter, least_squares
 from ._options import check_max_steps, prepare, solver_from
 from ._problems._grid import GridData
 from ._solution import RESULTS
 from ._solve import compiled_solve
 from ._solver._snr import SNR
+
+
+class _ResidualOfParams(eqx.Module):
+    """``residual_fn(params)`` as a residual function of ``(params, args)``; equal (so a
+    compiled solve is reused) for the same ``residual_fn``."""
+
+    residual_fn: Callable = eqx.field(static=True)
+
+    def __call__(self, params, args):
+        del args
+        return self.residual_fn(params)
 
 
 class SolveOnceState(NamedTuple):
@@ -56,11 +69,17 @@ def solve_once(
 ) -> optax.GradientTransformationExtraArgs:
     """Infinite Descent as an optax transformation: each update is a whole SNR solve.
 
-    ``update(updates, state, params, *, x, y, **extra_args)`` ignores the incoming
-    ``updates`` (gradients from your loop, or anything else), solves
+    ``update(updates, state, params, *, x, y, weights=None, **extra_args)`` ignores the
+    incoming ``updates`` (gradients from your loop, or anything else), solves
     ``grad Phi(params + delta) = 0`` on the batch ``(x, y)`` with `solve` and returns
     ``delta*``, so ``optax.apply_updates(params, updates)`` (or ``eqx.apply_updates``) lands on
     the solved model. ``params`` is the model (an `AION` or any `AbstractSumOfTerms`).
+
+    For any other model, pass the residuals instead of the data:
+    ``update(updates, state, params, *, residual_fn)`` with ``residual_fn(params)`` returning
+    a pytree of residuals; ``params`` is any pytree (``eqx.filter(model,
+    eqx.is_inexact_array)`` with its ``None`` leaves, a dict, ...), and the update is the
+    whole solve of `least_squares`.
     Unknown extra keyword arguments are ignored, so it composes with ``optax.chain``. It runs
     under ``jax.jit`` and ``eqx.filter_jit``.
 
@@ -92,8 +111,10 @@ def solve_once(
                chunk_size=chunk_size, record_history=record_history, verbose=verbose)
 
     def init_fn(params) -> SolveOnceState:
-        model = check_model(params, f"{caller}.init")
-        dtype = model.dtype
+        leaves = [leaf for leaf in jax.tree.leaves(params) if is_parameter(leaf)]
+        if not leaves:
+            raise TypeError(f"{caller}.init: `params` has no floating-point leaf to fit.")
+        dtype = jnp.result_type(*leaves)
         return SolveOnceState(
             count=jnp.zeros((), jnp.int32),
             inner_steps=jnp.zeros((), jnp.int32),
@@ -103,23 +124,39 @@ def solve_once(
             result=RESULTS.successful,
         )
 
-    def update_fn(updates, state: SolveOnceState, params=None, *, x=None, y=None, **extra_args):
+    def update_fn(updates, state: SolveOnceState, params=None, *, x=None, y=None,
+                  weights=None, residual_fn=None, **extra_args):
         del updates, extra_args
         if params is None:
             raise TypeError(f"{caller}.update: `params` (the model) is required.")
-        if x is None or (y is None and not isinstance(x, GridData)):
-            raise TypeError(
-                f"{caller}.update: pass the data as keywords, `update(..., x=x, y=y)` (or "
-                "`x=GridData(...)` alone)."
+        if residual_fn is not None:
+            if x is not None or y is not None or weights is not None:
+                raise TypeError(f"{caller}.update: pass either `residual_fn=` or the data "
+                                "`x=, y=` (and `weights=`), not both.")
+            if run["trainable"] is not None or run["chunk_size"] != "auto":
+                raise ValueError(f"{caller}: `trainable` and `chunk_size` apply to the models "
+                                 "of the package (`x=, y=`); with `residual_fn=` filter the "
+                                 "parameters you pass instead.")
+            solved, info = least_squares(
+                _ResidualOfParams(residual_fn), params, None, solver=snr,
+                max_steps=run["max_steps"], throw=run["throw"],
+                record_history=run["record_history"], verbose=run["verbose"],
             )
-        model = check_model(params, f"{caller}.update")
-        prepared = prepare(model, x, y, f"{caller}.update", snr, **run)
-        solved, info = compiled_solve(model, prepared.x, prepared.y, prepared.trainable,
-                                 prepared.run, prepared.solver)
+            before = params
+        else:
+            if x is None or (y is None and not isinstance(x, GridData)):
+                raise TypeError(
+                    f"{caller}.update: pass the data as keywords, `update(..., x=x, y=y)` (or "
+                    "`x=GridData(...)` alone), or a residual function, "
+                    "`update(..., residual_fn=rf)`."
+                )
+            model = check_model(params, f"{caller}.update")
+            prepared = prepare(model, x, y, f"{caller}.update", snr, weights=weights, **run)
+            solved, info = compiled_solve(model, prepared)
+            solved = eqx.filter(solved, eqx.is_inexact_array)
+            before = eqx.filter(model, eqx.is_inexact_array)
         delta = jax.tree.map(
-            lambda new, old: new - old,
-            eqx.filter(solved, eqx.is_inexact_array),
-            eqx.filter(model, eqx.is_inexact_array),
+            lambda new, old: new - old if is_parameter(old) else None, solved, before
         )
         new_state = SolveOnceState(
             count=optax.safe_int32_increment(state.count),

@@ -179,7 +179,7 @@ class TestBoundaryOfEveryEntryPoint:
 
     def test_nonfinite_parameters(self):
         bad = eqx.tree_at(lambda m: m.A, self.model, self.model.A.at[0].set(jnp.nan))
-        with pytest.raises(ValueError, match="`A` contains NaN"):
+        with pytest.raises(ValueError, match="model.s `A` contains 1 non-finite value"):
             idn.solve(bad, self.x, self.y)
         model, info = jax.jit(lambda m: idn.solve(m, self.x, self.y, throw=False))(bad)
         assert info.result == idn.RESULTS.nonfinite_start

@@ -136,12 +136,13 @@ class AIONResummation(AbstractPointProblem):
     basis: Complex[Array, "N rank dim terms"] | None
     num_data: int = eqx.field(static=True)
 
-    def __init__(self, model: AION, x: Array, y: Array, chunk_size: int | None = None):
+    def __init__(self, model: AION, x: Array, y: Array, chunk_size: int | None = None,
+                 weights: Array | None = None):
         self.theta = stack_params(model)
         self.num_data = x.shape[0]
-        self.x, self.y, self.weight = chunk_data(x, y, chunk_size)
+        self.x, self.y, self.weight = chunk_data(x, y, chunk_size, weights)
         self.basis = None
-        if self.weight is None:
+        if not self.chunked:
             self.basis = atom_exponentials(
                 model.alpha[None], model.omega[None], model.phi[None], x[:, None, :]
             )

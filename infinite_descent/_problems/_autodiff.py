@@ -47,11 +47,11 @@ class AutodiffProblem(AbstractPointProblem):
     num_data: int = eqx.field(static=True)
 
     def __init__(self, model: AbstractSumOfTerms, x: Array, y: Array,
-                 chunk_size: int | None = None):
+                 chunk_size: int | None = None, weights: Array | None = None):
         self.model = model
         self.theta = stack_terms(eqx.filter(model, eqx.is_inexact_array))
         self.num_data = x.shape[0]
-        self.x, self.y, self.weight = chunk_data(x, y, chunk_size)
+        self.x, self.y, self.weight = chunk_data(x, y, chunk_size, weights)
         self.basis = None
 
     def _term_on_points(self, theta_j, x):

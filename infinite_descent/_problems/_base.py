@@ -99,18 +99,21 @@ class AbstractProblem(eqx.Module):
         """The model ``like`` with its parameters set to ``theta`` (this layout)."""
 
 
-def chunk_data(x: Array, y: Array, chunk_size: int | None):
-    """``(x, y, weight)``: as given when ``chunk_size`` is ``None`` (``weight=None``), else
-    reshaped to ``(chunks, K, ...)`` and padded with zero-weight points."""
+def chunk_data(x: Array, y: Array, chunk_size: int | None, weights: Array | None = None):
+    """``(x, y, root_weights)``. ``root_weights`` are ``sqrt(w)`` of the per-point weights
+    (``None``: all one). Unchunked (``chunk_size=None``) the arrays are as given; chunked they
+    are reshaped to ``(chunks, K, ...)`` and padded with points of weight zero."""
+    root = None if weights is None else jnp.sqrt(weights)
     if chunk_size is None or chunk_size >= x.shape[0]:
-        return x, y, None
+        return x, y, root
     chunks = -(-x.shape[0] // chunk_size)
     pad = chunks * chunk_size - x.shape[0]
-    weight = jnp.concatenate([jnp.ones_like(y), jnp.zeros((pad,), y.dtype)])
+    root = jnp.ones_like(y) if root is None else root
+    root = jnp.concatenate([root, jnp.zeros((pad,), y.dtype)])
     return (
         jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, chunk_size, x.shape[1]),
         jnp.pad(y, (0, pad)).reshape(chunks, chunk_size),
-        weight.reshape(chunks, chunk_size),
+        root.reshape(chunks, chunk_size),
     )
 
 
@@ -145,15 +148,16 @@ class AbstractPointProblem(AbstractProblem):
     residual-weighted Hessian blocks), plus ``basis``: what an unchunked evaluation reuses
     (a resummation's basis at ``theta``), or ``None``.
 
-    With ``weight=None`` the data are used whole; otherwise ``x, y, weight`` are
-    ``(chunks, K, ...)`` and every sum is accumulated ``K`` points at a time in a
-    ``lax.scan`` (padded with zero-weight points), so no array grows with ``N`` beyond the data
-    themselves: memory ``O(M^2 + K M)``.
+    ``weight`` holds ``sqrt(w_n)`` of per-point weights (``None``: unweighted): residuals and
+    Jacobian rows are multiplied by it, so ``Phi = sum_n w_n r_n^2``. Unchunked, ``x`` is
+    ``(N, d)``; chunked, ``x, y, weight`` are ``(chunks, K, ...)`` and every sum is
+    accumulated ``K`` points at a time in a ``lax.scan`` (padded with zero-weight points), so
+    no array grows with ``N`` beyond the data themselves: memory ``O(M^2 + K M)``.
     """
 
     x: eqx.AbstractVar[Float[Array, "..."]]  # (N, d), or (chunks, K, d) when chunked
     y: eqx.AbstractVar[Float[Array, "..."]]  # (N,), or (chunks, K)
-    weight: eqx.AbstractVar[Float[Array, "chunks K"] | None]
+    weight: eqx.AbstractVar[Float[Array, "..."] | None]
     basis: eqx.AbstractVar[object]
 
     # -- what a subclass provides ------------------------------------------------------------
@@ -174,7 +178,7 @@ class AbstractPointProblem(AbstractProblem):
 
     @property
     def chunked(self) -> bool:
-        return self.weight is not None
+        return self.x.ndim == 3
 
     @property
     def rank(self) -> int:
@@ -200,7 +204,7 @@ class AbstractPointProblem(AbstractProblem):
     def _sum_over_data(self, fn):
         """``sum_chunks fn(x_c, y_c, w_c, basis_c)`` for a pytree-valued ``fn``."""
         if not self.chunked:
-            return fn(self.x, self.y, None, self.basis)
+            return fn(self.x, self.y, self.weight, self.basis)
         first = jax.eval_shape(fn, self.x[0], self.y[0], self.weight[0], None)
         init = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), first)
 
@@ -232,7 +236,7 @@ class AbstractPointProblem(AbstractProblem):
         if jac:
             if self.chunked:
                 raise ValueError("the full Jacobian is not formed when the data are chunked")
-            full_jac = self._chunk_terms(delta, self.x, self.y, None, self.basis)[2]
+            full_jac = self._chunk_terms(delta, self.x, self.y, self.weight, self.basis)[2]
         return NormalEquations(
             loss=sums["loss"], g=sums["g"], diag=sums["diag"], gram=sums.get("gram"),
             rank_grams=sums.get("rank_grams"), jac=full_jac,
@@ -296,10 +300,10 @@ class AbstractPointProblem(AbstractProblem):
     # -- the full vectors (unchunked) ----------------------------------------------------------
 
     def residuals(self, delta: Array) -> Array:
-        """Residuals ``f(x_n) - y_n`` at ``theta + delta`` (values only)."""
-        return self._chunk_residuals(delta, self.x, self.y, None, self.basis)
+        """Residuals ``sqrt(w_n) (f(x_n) - y_n)`` at ``theta + delta`` (values only)."""
+        return self._chunk_residuals(delta, self.x, self.y, self.weight, self.basis)
 
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
-        """Residuals ``f(x_n) - y_n`` and the Jacobian of ``f``, ``(N, M)`` term-major."""
-        _, r, jac = self._chunk_terms(delta, self.x, self.y, None, self.basis)
+        """Residuals and their Jacobian, ``(N, M)`` term-major (weighted, if weights)."""
+        _, r, jac = self._chunk_terms(delta, self.x, self.y, self.weight, self.basis)
         return r, jac

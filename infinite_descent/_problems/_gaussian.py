@@ -68,12 +68,13 @@ class GaussianResummation(AbstractPointProblem):
     basis: tuple[Array, Array] | None
     num_data: int = eqx.field(static=True)
 
-    def __init__(self, model: GaussianAtoms, x: Array, y: Array, chunk_size: int | None = None):
+    def __init__(self, model: GaussianAtoms, x: Array, y: Array, chunk_size: int | None = None,
+                 weights: Array | None = None):
         self.theta = stack_gaussian(model)
         self.num_data = x.shape[0]
-        self.x, self.y, self.weight = chunk_data(x, y, chunk_size)
+        self.x, self.y, self.weight = chunk_data(x, y, chunk_size, weights)
         self.basis = None
-        if self.weight is None:
+        if not self.chunked:
             u = x[:, None, :, None] - model.m[None]  # (N, r, d, P)
             self.basis = (jnp.exp(-model.a[None] * u * u), u)
 

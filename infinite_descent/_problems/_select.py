@@ -14,18 +14,20 @@ from ._projection import ProjectedAION
 
 
 def make_problem(model: AbstractSumOfTerms, x, y, chunk_size: int | None = None, *,
-                 projection: bool = False) -> AbstractProblem:
+                 projection: bool = False, weights=None) -> AbstractProblem:
     """The fastest problem for ``model`` on ``(x, y)``: variable projection when asked; a
     resummation where the model has one (AION, GaussianAtoms; AION on a grid through its
-    Kronecker structure); autodiff otherwise."""
+    Kronecker structure, unweighted); autodiff otherwise. ``weights`` (per point, ``w_n >= 0``)
+    make ``Phi = sum_n w_n (f(x_n) - y_n)^2``; grid data with weights are used as points."""
     if projection:
         return ProjectedAION(model, x, y)
     if isinstance(x, GridData):
-        if isinstance(model, AION):
+        if isinstance(model, AION) and weights is None:
             return GridResummation(model, x)
         x, y = x.points(), x.values()
+        weights = None if weights is None else weights.reshape(-1)
     if isinstance(model, AION):
-        return AIONResummation(model, x, y, chunk_size=chunk_size)
+        return AIONResummation(model, x, y, chunk_size=chunk_size, weights=weights)
     if isinstance(model, GaussianAtoms):
-        return GaussianResummation(model, x, y, chunk_size=chunk_size)
-    return AutodiffProblem(model, x, y, chunk_size=chunk_size)
+        return GaussianResummation(model, x, y, chunk_size=chunk_size, weights=weights)
+    return AutodiffProblem(model, x, y, chunk_size=chunk_size, weights=weights)

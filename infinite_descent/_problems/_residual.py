@@ -1,0 +1,110 @@
+"""Any residual function over any pytree of parameters, by automatic differentiation."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Bool
+
+from ._base import AbstractProblem, NormalEquations
+
+
+class ResidualProblem(AbstractProblem):
+    """``Phi(theta) = |r(theta)|^2`` for a residual function ``r = fn(params, args)`` that
+    returns a pytree of arrays of any shapes, over a pytree of parameters.
+
+    Layout: the parameters raveled (``jax.flatten_util.ravel_pytree``) into one block of size
+    ``M`` (a general residual has no term structure, so the structured Hessian is one dense
+    block). The Jacobian ``N x M`` is formed by forward-mode autodiff when ``M <= N`` (``M``
+    tangents) and by reverse mode otherwise (``N`` cotangents); products with ``J^T J`` and the
+    geodesic right-hand side are JVPs and VJPs.
+    """
+
+    theta: Array
+    fn: Callable = eqx.field(static=True)
+    args: object
+    unravel: Callable = eqx.field(static=True)
+    num_data: int = eqx.field(static=True)
+
+    def __init__(self, fn: Callable, params, args, num_data: int):
+        flat, unravel = ravel_pytree(params)
+        self.theta = flat[None]
+        self.fn = fn
+        self.args = args
+        self.unravel = unravel
+        self.num_data = num_data
+
+    def residuals(self, delta: Array) -> Array:
+        """The residuals at ``theta + delta``, raveled to ``(N,)``."""
+        params = self.unravel((self.theta + delta).reshape(-1))
+        return ravel_pytree(self.fn(params, self.args))[0]
+
+    def jacobian(self, delta: Array) -> tuple[Array, Array]:
+        """``(r, J)`` at ``theta + delta``, forward or reverse mode by the shapes."""
+        flat = delta.reshape(-1)
+
+        def res(d):
+            return self.residuals(d)
+
+        if self.num_params <= self.num_data:
+            r, jvp = jax.linearize(res, flat)
+            jac = jax.vmap(jvp, out_axes=1)(jnp.eye(flat.shape[0], dtype=flat.dtype))
+        else:
+            r, vjp = jax.vjp(res, flat)
+            jac = jax.vmap(lambda c: vjp(c)[0])(jnp.eye(r.shape[0], dtype=r.dtype))
+        return r, jac
+
+    def data_finite(self) -> Bool[Array, ""]:
+        leaves = [a for a in jax.tree.leaves(self.args) if eqx.is_inexact_array(a)]
+        ok = jnp.asarray(True)
+        for a in leaves:
+            ok = ok & jnp.all(jnp.isfinite(a))
+        return ok
+
+    def normal_equations(
+        self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
+    ) -> NormalEquations:
+        r, J = self.jacobian(delta)
+        G = J.T @ J if (gram or rank_grams) else None
+        return NormalEquations(
+            loss=r @ r, g=r @ J, diag=jnp.sum(J * J, axis=0), gram=G if gram else None,
+            rank_grams=G[None] if rank_grams else None, jac=J if jac else None,
+        )
+
+    def gram_matvec(self, delta: Array, v: Array) -> Array:
+        flat = delta.reshape(-1)
+        _, jv = jax.jvp(self.residuals, (flat,), (v.reshape(-1),))
+        _, pullback = jax.vjp(self.residuals, flat)
+        return pullback(jv)[0]
+
+    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
+        flat, v = delta.reshape(-1), v.reshape(-1)
+
+        def along(t):
+            return jax.jvp(self.residuals, (flat + t * v,), (v,))[1]
+
+        zero = jnp.zeros((), flat.dtype)
+        r_vv = jax.jvp(along, (zero,), (jnp.ones_like(zero),))[1]
+        _, pullback = jax.vjp(self.residuals, flat)
+        return pullback(r_vv)[0]
+
+    def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
+        flat = delta.reshape(-1)
+        r = jax.lax.stop_gradient(self.residuals(flat))
+
+        def weighted(d):
+            value = self.residuals(d)
+            return r @ value if residual_only else 0.5 * value @ value
+
+        return (2 * jax.hessian(weighted)(flat))[None]
+
+    def stack(self, tree) -> Array:
+        return ravel_pytree(tree)[0][None]
+
+    def to_model(self, theta: Array, like):
+        del like
+        return self.unravel(theta.reshape(-1))
