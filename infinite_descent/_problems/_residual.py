@@ -40,7 +40,7 @@ class ResidualProblem(AbstractProblem):
 
     def residuals(self, delta: Array) -> Array:
         """The residuals at ``theta + delta``, raveled to ``(N,)``."""
-        params = self.unravel((self.theta + delta).reshape(-1))
+        params = self.unravel(self.theta.reshape(-1) + delta.reshape(-1))
         return ravel_pytree(self.fn(params, self.args))[0]
 
     def jacobian(self, delta: Array) -> tuple[Array, Array]:
