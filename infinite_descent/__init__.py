@@ -12,12 +12,14 @@ Public names:
   `Cholesky`, `Woodbury`, `CG`, `BlockJacobi`, `AutoLinearSolver` (`AbstractLinearSolver`).
 - Entry points: `solve`, `least_squares` (any residual function), `solve_once` (an optax transformation), `multistart`, `expand`,
   `resummed_residual`, `regularized_newton`, `matrix_pencil`.
+- Fits to publish: `curve_fit` (scipy's interface), `covariance`, `standard_errors`.
 - What they report: `SolveInfo`, `SolveHistory`, `SolveOnceState`, `MultistartInfo`,
   `ExpansionStep`, `NewtonState`, `RESULTS`.
 - `problems`: the paper's toy and certified reference problems.
 """
 
 from . import problems
+from ._curve_fit import curve_fit
 from ._expand import ExpansionStep, expand
 from ._least_squares import least_squares
 from ._models._aion import AION
@@ -41,6 +43,7 @@ from ._solver._linear import (
 )
 from ._solver._snr import SNR
 from ._transform import SolveOnceState, solve_once
+from ._uncertainty import covariance, standard_errors
 
 __version__ = "0.2.0.dev0"
 
@@ -65,6 +68,8 @@ __all__ = [
     "SolveOnceState",
     "SumOfTerms",
     "Woodbury",
+    "covariance",
+    "curve_fit",
     "expand",
     "least_squares",
     "matrix_pencil",
@@ -74,4 +79,5 @@ __all__ = [
     "resummed_residual",
     "solve",
     "solve_once",
+    "standard_errors",
 ]

@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import is_concrete
-from ._options import RunOptions, check_max_steps, flag, solver_from
+from ._options import RunOptions, check_loss, check_max_steps, flag, solver_from
 from ._problems._regularized import regularized
 from ._problems._residual import ResidualProblem
+from ._problems._robust import robust
 from ._solve import no_derivative, run_problem
 from ._solver._snr import SNR
 
@@ -29,7 +30,7 @@ def is_parameter(leaf) -> bool:
     return False
 
 
-def _split(y0, caller: str):
+def split_parameters(y0, caller: str):
     """``(params, static, dtype)``: the floating leaves as arrays of one dtype, the rest."""
     complex_leaves = [leaf for leaf in jax.tree.leaves(y0)
                       if isinstance(leaf, (jax.Array, np.ndarray, complex))
@@ -69,15 +70,23 @@ def _count_residuals(fn, params, static, args, caller: str) -> int:
     return total
 
 
+class _WithStatic(eqx.Module):
+    """``fn(eqx.combine(params, static), args)``: the user's function on the fitted leaves;
+    equal (a compiled solve reused) for equal ``fn`` and ``static``."""
+
+    fn: Callable = eqx.field(static=True)
+    static: object
+
+    def __call__(self, params, args):
+        return self.fn(eqx.combine(params, self.static), args)
+
+
 @eqx.filter_jit
-def _run(fn, params, static, args, regularization, run: RunOptions, solver: SNR):
+def _run(fn, params, static, args, regularization, loss, run: RunOptions, solver: SNR):
     params, args = no_derivative((params, args))
     num_data = _count_residuals(fn, params, static, args, "least_squares")
-
-    def residual(p, a):
-        return fn(eqx.combine(p, static), a)
-
-    problem = regularized(ResidualProblem(residual, params, args, num_data), regularization)
+    problem = ResidualProblem(_WithStatic(fn, static), params, args, num_data)
+    problem = regularized(robust(problem, *loss), regularization)
     mask = jnp.ones(problem.num_params, bool)
     solved, info = run_problem(problem, params, mask, run, solver)
     return eqx.combine(solved, static), info
@@ -92,6 +101,8 @@ def least_squares(
     rtol: float | None = None,
     atol: float | None = None,
     regularization: float | None = None,
+    loss: str = "linear",
+    f_scale: float = 1.0,
     max_steps: int = 256,
     throw: bool = True,
     record_history: bool = False,
@@ -121,6 +132,11 @@ def least_squares(
     - ``atol``: stop once ``Phi <= atol`` (``loss_atol``); default 0.
     - ``regularization``: ``lambda``; adds ``lambda |params|^2`` (the residuals
       ``sqrt(lambda) params``) to ``Phi``.
+    - ``loss``, ``f_scale``: a robust loss for data with outliers, scipy's: ``"linear"`` (the
+      default, ``Phi = sum r^2``), ``"soft_l1"``, ``"huber"``, ``"cauchy"`` or ``"arctan"``,
+      ``Phi = sum C^2 rho(r^2 / C^2)`` with ``C = f_scale``; the minimiser is scipy's
+      ``least_squares(loss=..., f_scale=...)``'s. Geodesic acceleration is off under a
+      robust loss.
     - ``max_steps``, ``throw``, ``record_history``, ``verbose``: as for `solve`.
 
     Cost per inner iteration: the Jacobian (``min(N, M)`` JVPs or VJPs of ``fn``), ``J^T J``
@@ -152,10 +168,11 @@ def least_squares(
     if atol is not None:
         keywords.update(loss_atol=atol)
     snr = solver_from(solver, caller, keywords)
+    loss, f_scale, snr = check_loss(loss, f_scale, snr, caller)
     if snr.variable_projection or snr.fix_gauge:
         raise ValueError(f"{caller}: variable_projection and fix_gauge apply to AION in "
                          "`solve` only.")
-    params, static, dtype = _split(y0, caller)
+    params, static, dtype = split_parameters(y0, caller)
     num_data = _count_residuals(fn, params, static, args, caller)
     if regularization is not None:
         if isinstance(regularization, (bool, np.bool_)) or not np.isfinite(regularization) or (
@@ -172,6 +189,7 @@ def least_squares(
     run = RunOptions(check_max_steps(max_steps, caller), None, flag(record_history,
                      "record_history", caller), flag(verbose, "verbose", caller),
                      flag(throw, "throw", caller))
-    solved, info = _run(fn, params, static, args, regularization, run, solver_now)
+    solved, info = _run(fn, params, static, args, regularization, (loss, f_scale), run,
+                        solver_now)
     return solved, info
 

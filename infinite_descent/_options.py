@@ -23,6 +23,7 @@ from ._checks import check_data, check_finite, check_grid, check_model, is_concr
 from ._models._aion import AION
 from ._models._base import parameter_arrays
 from ._problems._grid import GridData
+from ._problems._robust import LOSSES
 from ._solver._linear import default_chunk_size, memory_budget_bytes
 from ._solver._snr import SNR
 
@@ -226,6 +227,29 @@ def check_weights(weights, shape: tuple, dtype, caller: str, solver: SNR | None 
     if is_concrete(array) and not bool(jnp.all(jnp.isfinite(array) & (array >= 0))):
         raise ValueError(f"{caller}: `weights` must be finite and >= 0.")
     return array
+
+
+def check_loss(loss, f_scale, solver: SNR, caller: str) -> tuple[str, float, SNR]:
+    """A robust loss's name and scale, and the solver it runs with: geodesic acceleration
+    (``"auto"``) is turned off under a robust loss, which offers no second derivative; asked
+    for explicitly, or with the exact Hessian, it is refused."""
+    if loss not in LOSSES:
+        raise ValueError(f"{caller}: `loss` must be one of {LOSSES}, got {loss!r}.")
+    if isinstance(f_scale, (bool, np.bool_)) or not isinstance(
+        f_scale, (int, float, np.integer, np.floating)
+    ) or not (0 < f_scale < np.inf):
+        raise ValueError(f"{caller}: `f_scale` must be a finite number > 0, got {f_scale!r}.")
+    if loss == "linear":
+        return loss, float(f_scale), solver
+    if solver.geodesic == "on" or solver.hessian == "exact" or solver.variable_projection:
+        raise ValueError(
+            f"{caller}: loss={loss!r} rescales the residuals at every iteration and offers no "
+            "second derivative: use geodesic=False or 'auto', hessian='gauss_newton' and no "
+            "variable projection with it."
+        )
+    if solver.geodesic == "auto":
+        solver = eqx.tree_at(lambda s: s.geodesic, solver, "off")
+    return loss, float(f_scale), solver
 
 
 def check_regularization(value, dtype, caller: str):

@@ -43,7 +43,7 @@ class ResidualProblem(AbstractProblem):
         params = self.unravel(self.theta.reshape(-1) + delta.reshape(-1))
         return ravel_pytree(self.fn(params, self.args))[0]
 
-    def jacobian(self, delta: Array) -> tuple[Array, Array]:
+    def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         """``(r, J)`` at ``theta + delta``, forward or reverse mode by the shapes."""
         flat = delta.reshape(-1)
 
@@ -68,7 +68,7 @@ class ResidualProblem(AbstractProblem):
     def normal_equations(
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:
-        r, J = self.jacobian(delta)
+        r, J = self.residual_and_jacobian(delta)
         G = J.T @ J if (gram or rank_grams) else None
         return NormalEquations(
             loss=r @ r, g=r @ J, diag=jnp.sum(J * J, axis=0), gram=G if gram else None,
