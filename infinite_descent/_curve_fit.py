@@ -75,5 +75,6 @@ def curve_fit(
     args = (xdata, ydata, weights)
     popt, _ = least_squares(residuals, p0, args, loss=loss, f_scale=f_scale,
                             max_steps=max_steps, **options)
-    pcov = covariance(residuals, popt, args, absolute_sigma=absolute_sigma)
+    pcov = covariance(residuals, popt, args, absolute_sigma=absolute_sigma, loss=loss,
+                      f_scale=f_scale)
     return popt, pcov

@@ -21,7 +21,7 @@ from ._models._shallow import ShallowNetwork
 from ._options import check_max_steps, solver_from, trainable_leaves
 from ._problems._grid import GridData
 from ._solution import RESULTS
-from ._solve import solve
+from ._solve import raise_unless_successful, solve
 from ._solver._snr import SNR
 
 
@@ -246,5 +246,5 @@ def expand(
             result=RESULTS[best_info.result], candidates=tried,
         ))
     if throw:
-        model = last.result.error_if(model, ~last.converged)
+        model = raise_unless_successful(model, last, caller)
     return model, history

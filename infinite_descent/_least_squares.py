@@ -14,7 +14,7 @@ from ._options import RunOptions, check_loss, check_max_steps, flag, solver_from
 from ._problems._regularized import regularized
 from ._problems._residual import ResidualProblem
 from ._problems._robust import robust
-from ._solve import no_derivative, run_problem
+from ._solve import no_derivative, raise_unless_successful, run_problem
 from ._solver._snr import SNR
 
 
@@ -187,9 +187,10 @@ def least_squares(
     num_params = sum(a.size for a in leaves)
     solver_now = snr.resolved(num_data, num_params, jnp.dtype(dtype).itemsize, False)
     run = RunOptions(check_max_steps(max_steps, caller), None, flag(record_history,
-                     "record_history", caller), flag(verbose, "verbose", caller),
-                     flag(throw, "throw", caller))
+                     "record_history", caller), flag(verbose, "verbose", caller), False)
     solved, info = _run(fn, params, static, args, regularization, (loss, f_scale), run,
                         solver_now)
+    if flag(throw, "throw", caller):
+        solved = raise_unless_successful(solved, info, caller)
     return solved, info
 

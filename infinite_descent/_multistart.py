@@ -222,7 +222,8 @@ def multistart(
         best=best, segments=segments, lane_utilisation=useful / max(paid, 1),
     )
     if throw:
-        best_model = codes[best].error_if(best_model, codes[best] != RESULTS.successful)
+        if not bool(codes[best] == RESULTS.successful):
+            raise RuntimeError(f"{caller}: the best start (index {best}): {RESULTS[codes[best]]}")
     return best_model, info
 
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from ._models._aion import AION
 from ._models._base import AbstractSumOfTerms
+from ._checks import is_concrete
 from ._options import Prepared, RunOptions, prepare, solver_from
 from ._problems._base import AbstractProblem
 from ._problems._regularized import regularized
@@ -58,7 +59,8 @@ def _no_derivative_jvp(primals, tangents):
 def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: SNR,
                 initial_damping=None):
     """The loop on ``problem`` and what it reports: ``(solved, info)``, with ``solved`` the
-    model (or parameters) ``like`` at the solution. Shared by every entry point."""
+    model (or parameters) ``like`` at the solution. Shared by every entry point, which
+    applies ``throw`` itself (`raise_unless_successful`)."""
     out = iterate(solver, problem, mask, max_steps=run.max_steps,
                   record_history=run.record_history, verbose=run.verbose,
                   initial_damping=initial_damping)
@@ -88,8 +90,6 @@ def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: S
         hessian=solver.hessian,
         history=history,
     )
-    if run.throw:
-        solved = info.result.error_if(solved, ~info.converged)
     return solved, info
 
 
@@ -116,15 +116,32 @@ _jit_arrays = jax.jit(run_solve, static_argnums=(4, 5))
 _jit_filtered = eqx.filter_jit(run_solve)
 
 
-def compiled_solve(model, prepared: Prepared):
+def compiled_solve(model, prepared: Prepared, caller: str = "solve"):
     """`run_solve` on a prepared call, compiled once per shape and option: ``jax.jit``'s
     dispatch when every leaf of the model is an array (the common case, and the cheaper
     call); ``eqx.filter_jit`` for models with other leaves."""
     p = prepared
-    args = (model, p.x, p.y, p.trainable, p.run, p.solver, p.weights, p.regularization)
+    # The result is checked after the call (a clean exception outside jit, eqx.error_if
+    # inside), not in the compiled function, so that both throw settings share one program.
+    args = (model, p.x, p.y, p.trainable, p.run._replace(throw=False), p.solver, p.weights,
+            p.regularization)
     if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(model)):
-        return _jit_arrays(*args)
-    return _jit_filtered(*args)
+        solved, info = _jit_arrays(*args)
+    else:
+        solved, info = _jit_filtered(*args)
+    if p.run.throw:
+        solved = raise_unless_successful(solved, info, caller)
+    return solved, info
+
+
+def raise_unless_successful(solved, info: SolveInfo, caller: str):
+    """``throw=True``: a ``RuntimeError`` with the result's message when the solve was not
+    successful; under ``jit`` through ``eqx.error_if`` (raised when the program runs)."""
+    if is_concrete(info.converged):
+        if not bool(info.converged):
+            raise RuntimeError(f"{caller}: {RESULTS[info.result]}")
+        return solved
+    return info.result.error_if(solved, ~info.converged)
 
 
 def solve(

@@ -152,7 +152,7 @@ def solve_once(
                 )
             model = check_model(params, f"{caller}.update")
             prepared = prepare(model, x, y, f"{caller}.update", snr, weights=weights, **run)
-            solved, info = compiled_solve(model, prepared)
+            solved, info = compiled_solve(model, prepared, f"{caller}.update")
             solved = eqx.filter(solved, eqx.is_inexact_array)
             before = eqx.filter(model, eqx.is_inexact_array)
         delta = jax.tree.map(

@@ -30,15 +30,20 @@ from jax.flatten_util import ravel_pytree
 from ._checks import check_data, check_model, is_concrete
 from ._least_squares import is_parameter, split_parameters
 from ._models._base import AbstractSumOfTerms
-from ._options import trainable_leaves
+from ._options import DEFAULT_SOLVER, check_loss, trainable_leaves
 from ._problems._residual import ResidualProblem
+from ._problems._robust import rescale_for_loss
 
 
-def _covariance_from_jacobian(r, J, absolute_sigma: bool, free):
+def _covariance_from_jacobian(r, J, absolute_sigma: bool, free, loss="linear", f_scale=1.0):
     """``(cov, unidentified)`` over the raveled parameters; ``free`` marks the parameters
-    that were fitted (the others get ``nan``)."""
+    that were fitted (the others get ``nan``). Under a robust loss, as scipy's ``curve_fit``:
+    the rescaled Jacobian and ``s^2`` from the robust ``Phi``."""
+    phi = r @ r
+    if loss != "linear":
+        phi, _, J = rescale_for_loss(r, J, loss, jnp.asarray(f_scale, r.dtype))
     n, m = J.shape
-    Jf = J * free[None, :]
+    Jf = jnp.where(free[None, :], J, 0.0)
     # All M right singular vectors: with fewer residuals than parameters the null space
     # is at least M - N wide (U is then only N x N).
     _, s, vt = jnp.linalg.svd(Jf, full_matrices=n < m)
@@ -49,9 +54,9 @@ def _covariance_from_jacobian(r, J, absolute_sigma: bool, free):
     cov = (vt.T * inv[None, :]) @ vt
     # A parameter moves along an unidentified direction if the null space of the fitted
     # columns has a component on it.
-    null = vt.T * (~kept)[None, :]
+    null = jnp.where(kept[None, :], 0.0, vt.T)
     dof = n - int(jnp.sum(free))
-    scale = 1.0 if absolute_sigma else (r @ r) / jnp.maximum(dof, 1)
+    scale = 1.0 if absolute_sigma else phi / jnp.maximum(dof, 1)
     if not absolute_sigma and dof <= 0:
         scale = jnp.inf
     unidentified = free & (jnp.linalg.norm(null, axis=1) > jnp.sqrt(jnp.finfo(J.dtype).eps))
@@ -117,7 +122,8 @@ def _prepare(first, params, args, caller):
 
 
 def covariance(fn: Callable | AbstractSumOfTerms, params, args=None, *,
-               absolute_sigma: bool = False, trainable=None):
+               absolute_sigma: bool = False, trainable=None, loss: str = "linear",
+               f_scale: float = 1.0):
     r"""The covariance of fitted parameters, ``s^2 (J^T J)^{-1}``, as ``curve_fit`` gives it.
 
     Two ways to call it:
@@ -131,7 +137,9 @@ def covariance(fn: Callable | AbstractSumOfTerms, params, args=None, *,
     **Returns** an ``M x M`` array over the floating leaves of ``params`` raveled in
     ``jax.flatten_util.ravel_pytree`` order. ``s^2 = Phi / (N - M)`` (``M`` the fitted
     parameters), or 1 with ``absolute_sigma=True``. Parameters the data cannot identify get
-    ``inf`` variance (see the module notes) and a warning outside ``jit``.
+    ``inf`` variance (see the module notes) and a warning outside ``jit``. For a fit under a
+    robust ``loss`` (with its ``f_scale``), as scipy's ``curve_fit`` does: the Jacobian
+    rescaled by the loss at the fit, and ``s^2`` from the robust ``Phi``.
 
     Cost: one Jacobian and an SVD of it, ``O(N M^2)``.
 
@@ -155,13 +163,16 @@ def covariance(fn: Callable | AbstractSumOfTerms, params, args=None, *,
         spec = trainable_leaves(params, trainable, caller)
         if spec is not None:
             free = ravel_pytree(jax.tree.map(jnp.asarray, spec))[0].astype(bool)
-    cov, unidentified = _covariance_from_jacobian(r, J, bool(absolute_sigma), free)
+    loss, f_scale, _ = check_loss(loss, f_scale, DEFAULT_SOLVER, caller)
+    cov, unidentified = _covariance_from_jacobian(r, J, bool(absolute_sigma), free, loss,
+                                                  f_scale)
     _warn(unidentified, _names(dynamic), caller)
     return cov
 
 
 def standard_errors(fn: Callable | AbstractSumOfTerms, params, args=None, *,
-                    absolute_sigma: bool = False, trainable=None):
+                    absolute_sigma: bool = False, trainable=None, loss: str = "linear",
+                    f_scale: float = 1.0):
     """The standard errors of fitted parameters, ``sqrt(diag(covariance))``, shaped like the
     parameters (a pytree like ``params``, or like the model's parameters).
 
@@ -178,7 +189,8 @@ def standard_errors(fn: Callable | AbstractSumOfTerms, params, args=None, *,
     print(errors.A, errors.phi)
     ```
     """
-    cov = covariance(fn, params, args, absolute_sigma=absolute_sigma, trainable=trainable)
+    cov = covariance(fn, params, args, absolute_sigma=absolute_sigma, trainable=trainable,
+                     loss=loss, f_scale=f_scale)
     if isinstance(fn, AbstractSumOfTerms):
         dynamic = eqx.filter(fn, eqx.is_inexact_array)
     else:

@@ -48,6 +48,16 @@ def rho(loss: str, z: Array) -> tuple[Array, Array, Array]:
     raise ValueError(f"unknown loss {loss!r}")
 
 
+def rescale_for_loss(r: Array, J: Array, loss: str, f_scale: Array):
+    """``(Phi, r~, J~)``: the robust ``Phi`` and the rescaled residuals and Jacobian (see the
+    module notes)."""
+    c2 = f_scale * f_scale
+    value, first, second = rho(loss, r * r / c2)
+    scale = first + 2 * (r * r / c2) * second
+    scale = jnp.sqrt(jnp.maximum(scale, jnp.finfo(r.dtype).eps))
+    return c2 * jnp.sum(value), first * r / scale, J * scale[:, None]
+
+
 class RobustProblem(AbstractProblem):
     """``inner`` (unchunked: it must give its residuals and Jacobian) under a robust loss.
 
@@ -71,11 +81,7 @@ class RobustProblem(AbstractProblem):
 
     def _rescaled(self, delta: Array):
         r, J = self.inner.residual_and_jacobian(delta)
-        c2 = self.f_scale * self.f_scale
-        value, first, second = rho(self.loss, r * r / c2)
-        scale = first + 2 * (r * r / c2) * second
-        scale = jnp.sqrt(jnp.maximum(scale, jnp.finfo(r.dtype).eps))
-        return c2 * jnp.sum(value), first * r / scale, J * scale[:, None], J
+        return (*rescale_for_loss(r, J, self.loss, self.f_scale), J)
 
     def data_finite(self) -> Bool[Array, ""]:
         return self.inner.data_finite()
