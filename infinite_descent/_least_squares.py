@@ -10,7 +10,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._checks import is_concrete
-from ._options import RunOptions, check_loss, check_max_steps, flag, solver_from
+from ._options import (
+    RunOptions,
+    check_bounds,
+    check_loss,
+    check_max_steps,
+    flag,
+    solver_from,
+    strictly_feasible,
+)
 from ._problems._regularized import regularized
 from ._problems._residual import ResidualProblem
 from ._problems._robust import robust
@@ -82,13 +90,15 @@ class _WithStatic(eqx.Module):
 
 
 @eqx.filter_jit
-def _run(fn, params, static, args, regularization, loss, run: RunOptions, solver: SNR):
+def _run(fn, params, static, args, regularization, loss, run: RunOptions, solver: SNR,
+         bounds):
     params, args = no_derivative((params, args))
+    params = strictly_feasible(params, bounds)
     num_data = _count_residuals(fn, params, static, args, "least_squares")
     problem = ResidualProblem(_WithStatic(fn, static), params, args, num_data)
     problem = regularized(robust(problem, *loss), regularization)
     mask = jnp.ones(problem.num_params, bool)
-    solved, info = run_problem(problem, params, mask, run, solver)
+    solved, info = run_problem(problem, params, mask, run, solver, bounds=bounds)
     return eqx.combine(solved, static), info
 
 
@@ -103,6 +113,7 @@ def least_squares(
     regularization: float | None = None,
     loss: str = "linear",
     f_scale: float = 1.0,
+    bounds=None,
     max_steps: int = 256,
     throw: bool = True,
     record_history: bool = False,
@@ -137,6 +148,12 @@ def least_squares(
       ``Phi = sum C^2 rho(r^2 / C^2)`` with ``C = f_scale``; the minimiser is scipy's
       ``least_squares(loss=..., f_scale=...)``'s. Geodesic acceleration is off under a
       robust loss.
+    - ``bounds``: ``(lower, upper)``, each a number or a pytree shaped like ``y0`` (or like
+      its floating leaves); ``-inf``/``inf`` where unbounded; inclusive. Every iterate stays
+      inside: at each iteration the parameters at a bound whose gradient points outward are
+      held and the step is projected into the box, and the gradient tests read the projected
+      gradient (the first-order condition of the bounded problem). A start on a bound is
+      moved just inside it, as scipy's ``trf`` does; a start outside raises.
     - ``max_steps``, ``throw``, ``record_history``, ``verbose``: as for `solve`.
 
     Cost per inner iteration: the Jacobian (``min(N, M)`` JVPs or VJPs of ``fn``), ``J^T J``
@@ -188,8 +205,16 @@ def least_squares(
     solver_now = snr.resolved(num_data, num_params, jnp.dtype(dtype).itemsize, False)
     run = RunOptions(check_max_steps(max_steps, caller), None, flag(record_history,
                      "record_history", caller), flag(verbose, "verbose", caller), False)
+    if bounds is not None and isinstance(bounds, (tuple, list)) and len(bounds) == 2:
+        mask = jax.tree.map(is_parameter, y0)
+        bounds = tuple(
+            eqx.filter(b, mask) if jax.tree.structure(b) == jax.tree.structure(y0)
+            and jax.tree.structure(y0) != jax.tree.structure(params) else b
+            for b in bounds
+        )
+    bounds = check_bounds(bounds, params, caller, solver_now)
     solved, info = _run(fn, params, static, args, regularization, (loss, f_scale), run,
-                        solver_now)
+                        solver_now, bounds)
     if flag(throw, "throw", caller):
         solved = raise_unless_successful(solved, info, caller)
     return solved, info

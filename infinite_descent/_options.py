@@ -24,7 +24,7 @@ from ._models._aion import AION
 from ._models._base import parameter_arrays
 from ._problems._grid import GridData
 from ._problems._robust import LOSSES
-from ._solver._linear import default_chunk_size, memory_budget_bytes
+from ._solver._linear import CG, default_chunk_size, memory_budget_bytes
 from ._solver._snr import SNR
 
 SOLVER_KEYWORDS = tuple(
@@ -103,6 +103,7 @@ class Prepared(NamedTuple):
     solver: SNR
     weights: object = None
     regularization: object = None
+    bounds: object = None
 
 
 def trainable_leaves(model, trainable, caller: str):
@@ -161,7 +162,7 @@ def _chunk_size(chunk_size, num_data, num_params, itemsize, caller):
 
 def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=None,
             throw=False, chunk_size="auto", record_history=False, verbose=False,
-            weights=None, regularization=None) -> Prepared:
+            weights=None, regularization=None, bounds=None) -> Prepared:
     """Check a call's model, data and run options; resolve the solver for the problem's size.
     Cheap: shapes and dtypes in Python, one fused finiteness reduction outside ``jit``."""
     check_model(model, caller)
@@ -204,8 +205,9 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
     shape = x.shape if isinstance(x, GridData) else (num_data,)
     weights = check_weights(weights, shape, dtype, caller, solver)
     regularization = check_regularization(regularization, dtype, caller)
+    bounds = check_bounds(bounds, eqx.filter(model, eqx.is_inexact_array), caller, solver)
     run = RunOptions(max_steps, chunk_size, record_history, verbose, throw)
-    return Prepared(x, y, trainable, run, solver, weights, regularization)
+    return Prepared(x, y, trainable, run, solver, weights, regularization, bounds)
 
 
 def check_weights(weights, shape: tuple, dtype, caller: str, solver: SNR | None = None):
@@ -250,6 +252,73 @@ def check_loss(loss, f_scale, solver: SNR, caller: str) -> tuple[str, float, SNR
     if solver.geodesic == "auto":
         solver = eqx.tree_at(lambda s: s.geodesic, solver, "off")
     return loss, float(f_scale), solver
+
+
+def check_bounds(bounds, params, caller: str, solver: SNR | None = None):
+    """``(lower, upper)`` as pytrees of arrays shaped like ``params`` (each given as a
+    scalar or as such a pytree; ``-inf``/``inf`` where unbounded), checked: ``lower < upper``
+    everywhere, and, outside ``jit``, the start inside or on the bounds. ``None`` if no
+    bounds."""
+    if bounds is None:
+        return None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise TypeError(f"{caller}: `bounds` must be a pair `(lower, upper)`, got "
+                        f"{type(bounds).__name__}.")
+    if solver is not None and (solver.variable_projection or isinstance(solver.linear_solver,
+                                                                         CG)):
+        raise ValueError(f"{caller}: bounds do not combine with variable projection or the CG "
+                         "linear solver; use the default (or 'dense', 'woodbury').")
+    structure = jax.tree.structure(params)
+    out = []
+    for name, bound in zip(("lower", "upper"), bounds):
+        if isinstance(bound, (int, float, np.integer, np.floating)) and not isinstance(
+            bound, (bool, np.bool_)
+        ):
+            bound = jax.tree.map(lambda a, b=bound: jnp.full(a.shape, b, a.dtype), params)
+        elif jax.tree.structure(bound) != structure:
+            raise ValueError(
+                f"{caller}: the {name} bound must be a number or a pytree shaped like the "
+                f"parameters ({structure}), got {jax.tree.structure(bound)}."
+            )
+        else:
+            try:
+                bound = jax.tree.map(lambda a, b: jnp.broadcast_to(jnp.asarray(b, a.dtype),
+                                                                   a.shape), params, bound)
+            except ValueError:
+                raise ValueError(f"{caller}: a {name} bound does not broadcast to its "
+                                 "parameter's shape.") from None
+        out.append(bound)
+    lower, upper = out
+    leaves = jax.tree.leaves((lower, upper, params))
+    if is_concrete(*leaves):
+        for lo, hi, p in zip(jax.tree.leaves(lower), jax.tree.leaves(upper),
+                             jax.tree.leaves(params)):
+            lo, hi, p = np.asarray(lo), np.asarray(hi), np.asarray(p)
+            if np.any(np.isnan(lo) | np.isnan(hi)) or not np.all(lo < hi):
+                raise ValueError(f"{caller}: every lower bound must be below its upper bound "
+                                 "(and neither NaN).")
+            if not np.all((lo <= p) & (p <= hi)):
+                raise ValueError(
+                    f"{caller}: the start lies outside the bounds (a start on a bound is "
+                    "accepted; move the others inside)."
+                )
+    return lower, upper
+
+
+def strictly_feasible(params, bounds):
+    """A start on a bound moved just inside it, as scipy's ``trf`` does: by
+    ``1e-10 max(1, |bound|)``, or to the middle where the box is narrower than that."""
+    if bounds is None:
+        return params
+    lower, upper = bounds
+
+    def inside(p, lo, hi):
+        p = jnp.clip(p, lo, hi)
+        p = jnp.where(p == lo, lo + 1e-10 * jnp.maximum(1.0, jnp.abs(lo)), p)
+        p = jnp.where(p == hi, hi - 1e-10 * jnp.maximum(1.0, jnp.abs(hi)), p)
+        return jnp.where((p < lo) | (p > hi), 0.5 * (lo + hi), p)
+
+    return jax.tree.map(inside, params, lower, upper)
 
 
 def check_regularization(value, dtype, caller: str):

@@ -9,14 +9,14 @@ import jax.numpy as jnp
 from ._models._aion import AION
 from ._models._base import AbstractSumOfTerms
 from ._checks import is_concrete
-from ._options import Prepared, RunOptions, prepare, solver_from
+from ._options import Prepared, RunOptions, prepare, solver_from, strictly_feasible
 from ._problems._base import AbstractProblem
 from ._problems._regularized import regularized
 from ._problems._select import make_problem
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solver._iterate import iterate
 from ._solver._linear import linear_solver_name
-from ._solver._snr import SNR
+from ._solver._snr import SNR, Bounds
 
 
 def gauge_mask(model: AION) -> jax.Array:
@@ -57,13 +57,16 @@ def _no_derivative_jvp(primals, tangents):
 
 
 def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: SNR,
-                initial_damping=None):
+                initial_damping=None, bounds=None):
     """The loop on ``problem`` and what it reports: ``(solved, info)``, with ``solved`` the
     model (or parameters) ``like`` at the solution. Shared by every entry point, which
     applies ``throw`` itself (`raise_unless_successful`)."""
+    flat_bounds = None
+    if bounds is not None:
+        flat_bounds = Bounds(*(problem.stack(b).reshape(-1) for b in bounds))
     out = iterate(solver, problem, mask, max_steps=run.max_steps,
                   record_history=run.record_history, verbose=run.verbose,
-                  initial_damping=initial_damping)
+                  initial_damping=initial_damping, bounds=flat_bounds)
     solved = problem.to_model(problem.theta + out.delta.reshape(problem.theta.shape), like)
     history = None
     if out.history is not None:
@@ -94,12 +97,12 @@ def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: S
 
 
 def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, weights=None,
-              regularization=None, initial_damping=None):
+              regularization=None, initial_damping=None, bounds=None):
     """The traced body of a solve: the problem, its mask, the loop, the solved model and its
     `SolveInfo`. Shared by `solve`, `solve_once` and `multistart` (under ``vmap``)."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
     params, x, y = no_derivative((params, x, y))
-    model = eqx.combine(params, static)
+    model = eqx.combine(strictly_feasible(params, bounds), static)
     problem = make_problem(model, x, y, run.chunk_size, projection=solver.variable_projection,
                            weights=weights)
     problem = regularized(problem, regularization)
@@ -109,7 +112,7 @@ def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, weights=None
         mask = problem.stack(jax.tree.map(jnp.asarray, trainable)).reshape(-1)
     if solver.fix_gauge and isinstance(model, AION):
         mask = mask & gauge_mask(model)
-    return run_problem(problem, model, mask, run, solver, initial_damping)
+    return run_problem(problem, model, mask, run, solver, initial_damping, bounds)
 
 
 _jit_arrays = jax.jit(run_solve, static_argnums=(4, 5))
@@ -124,7 +127,7 @@ def compiled_solve(model, prepared: Prepared, caller: str = "solve"):
     # The result is checked after the call (a clean exception outside jit, eqx.error_if
     # inside), not in the compiled function, so that both throw settings share one program.
     args = (model, p.x, p.y, p.trainable, p.run._replace(throw=False), p.solver, p.weights,
-            p.regularization)
+            p.regularization, None, p.bounds)
     if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(model)):
         solved, info = _jit_arrays(*args)
     else:
@@ -158,6 +161,7 @@ def solve(
     verbose: bool = False,
     weights=None,
     regularization: float | None = None,
+    bounds=None,
     **solver_options,
 ) -> tuple[AbstractSumOfTerms, SolveInfo]:
     r"""Solve ``F(delta) = grad Phi(model + delta) = 0`` by Structured Newton-Raphson.
@@ -202,6 +206,9 @@ def solve(
       the weights are integers.
     - ``regularization``: ``lambda >= 0``; adds ``lambda |theta|^2`` over every parameter to
       ``Phi`` (the residuals ``sqrt(lambda) theta``).
+    - ``bounds``: ``(lower, upper)``, each a number or a pytree shaped like
+      ``eqx.filter(model, eqx.is_inexact_array)`` (``-inf``/``inf`` where unbounded), as for
+      `least_squares`: every iterate stays inside, a start on a bound is moved just inside.
 
     The convergence tests (fields of `SNR`): the solve stops successfully at the first one
     met:
@@ -229,5 +236,6 @@ def solve(
     snr = solver_from(solver, "solve", solver_options)
     prepared = prepare(model, x, y, "solve", snr, max_steps=max_steps, trainable=trainable,
                        throw=throw, chunk_size=chunk_size, record_history=record_history,
-                       verbose=verbose, weights=weights, regularization=regularization)
+                       verbose=verbose, weights=weights, regularization=regularization,
+                       bounds=bounds)
     return compiled_solve(model, prepared)

@@ -130,3 +130,50 @@ def test_the_amplitude_gauge_and_frozen_parameters_are_not_given_numbers():
         errors = idn.standard_errors(model, x, y, trainable=frozen)
     assert np.all(np.isnan(np.asarray(errors.omega)))
     assert np.all(np.isfinite(np.asarray(errors.alpha)))
+
+
+BOUND_CASES = [
+    ([0.0, 0.0, 0.25], [10.0, 10.0, 1.0]),           # c held at its lower bound
+    ([0.0, 1.4, -1.0], [2.9, 3.0, 1.0]),             # a at its upper bound, k at its lower
+    ([-np.inf, 0.0, -np.inf], [np.inf, np.inf, np.inf]),  # inactive: the free minimum
+]
+
+
+@pytest.mark.parametrize("lower,upper", BOUND_CASES)
+def test_bounded_fit_equals_scipys_trf_and_stays_feasible(lower, upper):
+    data = decay_np(T, 3.0, 1.3, 0.2) + 0.01 * _rng().normal(size=T.shape)
+
+    def residuals(p, t):
+        return decay(t, *p) - jnp.asarray(data)
+
+    lower, upper = jnp.asarray(lower), jnp.asarray(upper)
+    start = jnp.array([1.0, 2.0, 0.5])
+    fit, info = idn.least_squares(residuals, start, jnp.asarray(T), bounds=(lower, upper),
+                                  record_history=True)
+    ref = so.least_squares(lambda p: decay_np(T, *p) - data, np.asarray(start),
+                           bounds=(np.asarray(lower), np.asarray(upper)), method="trf",
+                           xtol=1e-15, ftol=1e-15, gtol=1e-15)
+    np.testing.assert_allclose(fit, ref.x, rtol=1e-6)
+    k = int(info.inner_steps)
+    path = np.asarray(info.history.params)[: k + 1]
+    assert np.all(path >= np.asarray(lower)) and np.all(path <= np.asarray(upper))
+    # The first-order condition of the bounded problem: the projected gradient vanishes, in
+    # the scale-free sense of MINPACK's gtol (the cosine between each column of J and r).
+    columns = jnp.linalg.norm(jax.jacfwd(residuals)(fit, jnp.asarray(T)), axis=0)
+    assert float(info.grad_norm) < 1e-6 * float(jnp.min(columns)) * float(info.loss) ** 0.5
+
+
+def test_bounds_are_checked_and_a_start_on_a_bound_is_moved_inside():
+    def residuals(p, _):
+        return p - jnp.array([2.0, -1.0])
+
+    with pytest.raises(ValueError, match="outside the bounds"):
+        idn.least_squares(residuals, jnp.array([5.0, 0.0]), bounds=(0.0, 3.0))
+    with pytest.raises(ValueError, match="below its upper bound"):
+        idn.least_squares(residuals, jnp.array([1.0, 1.0]), bounds=(1.0, 1.0))
+    fit, info = idn.least_squares(residuals, jnp.array([0.0, 0.0]), bounds=(0.0, 3.0))
+    np.testing.assert_allclose(fit, [2.0, 0.0], atol=1e-12)  # -1 is cut at the bound 0
+    model = idn.problems.paper_toy_start()
+    x, y = idn.problems.paper_toy()
+    bounded, info = idn.solve(model, x, y, bounds=(-np.inf, 3.0), throw=False)
+    assert float(jnp.max(bounded.omega)) <= 3.0

@@ -14,7 +14,7 @@ from jaxtyping import Array
 
 from .._problems._base import AbstractProblem
 from .._solution import RESULTS
-from ._snr import SNR
+from ._snr import SNR, Bounds, projected_gradient
 
 
 class IterateHistory(NamedTuple):
@@ -69,12 +69,14 @@ def iterate(
     record_history: bool = False,
     verbose: bool = False,
     initial_damping: Array | None = None,
+    bounds: Bounds | None = None,
 ) -> IterateResult:
     """Run ``solver`` on ``problem`` from ``delta = 0`` for at most ``max_steps`` inner
     iterations. ``mask`` is a boolean vector over the parameters (``False`` never moves);
     ``initial_damping`` (a traced scalar) overrides the solver's, so that a batch of solves
-    can each resume with their own damping. Never returns a point worse than the start."""
-    state = solver.init(problem, mask, initial_damping)
+    can each resume with their own damping; ``bounds`` (flat, in the problem's layout) keep
+    every iterate in a box, the start inside it. Never returns a point worse than the start."""
+    state = solver.init(problem, mask, initial_damping, bounds)
     history = None
     if record_history:
         length = max_steps + 1
@@ -93,7 +95,7 @@ def iterate(
 
     def body(carry):
         state, history = carry
-        state = solver.step(problem, mask, state)
+        state = solver.step(problem, mask, state, bounds)
         if verbose:
             _print(state)
         if history is not None:
@@ -105,7 +107,8 @@ def iterate(
         delta=state.delta,
         loss=state.eq.loss,
         initial_loss=state.initial_loss,
-        grad_norm=2 * jnp.max(jnp.abs(state.eq.g)),
+        grad_norm=2 * jnp.max(jnp.abs(projected_gradient(
+            problem.theta.reshape(-1) + state.delta, state.eq.g, bounds))),
         inner_steps=state.steps,
         accepted_steps=state.accepted,
         data_passes=state.passes,

@@ -210,8 +210,10 @@ class SNR(eqx.Module):
         """Passes over the data per evaluation: one, two with the residual blocks."""
         return 2 if self.hessian == "exact" else 1
 
-    def init(self, problem: AbstractProblem, mask: Array, initial_damping=None) -> SNRState:
-        """The state at ``delta = 0``, with the result codes of a bad start or bad data."""
+    def init(self, problem: AbstractProblem, mask: Array, initial_damping=None,
+             bounds: Bounds | None = None) -> SNRState:
+        """The state at ``delta = 0``, with the result codes of a bad start or bad data.
+        With ``bounds`` the start must lie inside them."""
         dtype = problem.theta.dtype
         delta = jnp.zeros(problem.num_params, dtype)
         eq, blocks = self.evaluate(problem, mask, delta)
@@ -225,9 +227,10 @@ class SNR(eqx.Module):
             RESULTS.nonfinite_data,
         )
         mu = self.initial_damping if initial_damping is None else initial_damping
+        g0 = projected_gradient(problem.theta.reshape(-1), eq.g, bounds)
         targets = Targets(
             loss=self.loss_atol + self.loss_rtol * eq.loss,
-            grad=self.grad_atol + self.grad_rtol * 2 * jnp.max(jnp.abs(eq.g)),
+            grad=self.grad_atol + self.grad_rtol * 2 * jnp.max(jnp.abs(g0)),
         )
         return SNRState(
             delta=delta,
@@ -239,7 +242,7 @@ class SNR(eqx.Module):
             steps=jnp.asarray(0, jnp.int32),
             accepted=jnp.asarray(0, jnp.int32),
             passes=jnp.asarray(self.passes_per_evaluation, jnp.int32),
-            done=~(data_ok & start_ok) | converged(eq.loss, eq.g, targets) | ~jnp.any(mask),
+            done=~(data_ok & start_ok) | converged(eq.loss, g0, targets) | ~jnp.any(mask),
             creeping=jnp.asarray(0, jnp.int32),
             accelerate=jnp.asarray(self.geodesic == "on"),
             result=result,
@@ -248,20 +251,32 @@ class SNR(eqx.Module):
             last=StepReport.empty(dtype),
         )
 
-    def step(self, problem: AbstractProblem, mask: Array, state: SNRState) -> SNRState:
-        """One inner iteration: solve, correct, evaluate, accept or reject, adapt, test."""
+    def step(self, problem: AbstractProblem, mask: Array, state: SNRState,
+             bounds: Bounds | None = None) -> SNRState:
+        """One inner iteration: solve, correct, evaluate, accept or reject, adapt, test.
+
+        With ``bounds``, the parameters at a bound whose gradient pushes outward are held for
+        this iteration (the active set) and the step is projected into the box, so every
+        iterate is feasible; the gradient tests read the projected gradient."""
         dtype = problem.theta.dtype
-        maskf = mask.astype(dtype)
+        theta = problem.theta.reshape(-1)
+        now = theta + state.delta
+        maskf = mask.astype(dtype) * free_of_bounds(now, state.eq.g, bounds).astype(dtype)
         xtol, ftol = self.tolerances(dtype)
         scale = more_scaling(state.scale, state.eq.diag)
         delta_shaped = state.delta.reshape(problem.theta.shape)
-        system = DampedSystem(state.eq, effective_scaling(scale), state.mu, maskf, state.blocks,
+        blocks_now = state.blocks
+        if bounds is not None and blocks_now is not None:
+            m = maskf.reshape(-1, problem.block_size)
+            blocks_now = blocks_now * (m[:, :, None] * m[:, None, :])
+        system = DampedSystem(state.eq, effective_scaling(scale), state.mu, maskf, blocks_now,
                               problem, delta_shaped)
         factors = self.linear_solver.init(system)
-        velocity, passes = self.linear_solver.solve(factors, system, -state.eq.g)
-        velocity = velocity * maskf
+        velocity, passes = self.linear_solver.solve(factors, system, -state.eq.g * maskf)
+        velocity = project(now, velocity * maskf, bounds)
         s, geodesic_ok, passes = self._correct(problem, system, factors, velocity, passes,
                                                state.accelerate)
+        s = project(now, s, bounds)
         eq_new, blocks_new = self.evaluate(problem, mask, state.delta + s)
         # The predicted decrease is the velocity's (the first-order step), as in Transtrum's
         # geodesic LM: an acceleration may only improve on it. Against the accelerated step's
@@ -286,11 +301,11 @@ class SNR(eqx.Module):
         delta = pick(state.delta + s, state.delta)
         eq = pick(eq_new, state.eq)
         blocks = None if state.blocks is None else pick(blocks_new, state.blocks)
-        theta = problem.theta.reshape(-1)
         done = (
-            step_small(s, (theta + delta) * maskf, xtol)
+            step_small(s, (theta + delta) * mask.astype(dtype), xtol)
             | decrease_small(finite, actual, predicted, state.eq.loss, ftol)
-            | converged(eq.loss, eq.g, state.targets)
+            | converged(eq.loss, projected_gradient(theta + delta, eq.g, bounds),
+                        state.targets)
         )
         return SNRState(
             delta=delta,
@@ -339,6 +354,37 @@ class SNR(eqx.Module):
             RESULTS.where(state.done, RESULTS.successful, RESULTS.max_steps_reached),
             state.result,
         )
+
+
+class Bounds(NamedTuple):
+    """Lower and upper bounds on the parameters, flat in the problem's layout (``-inf`` and
+    ``inf`` where there is none)."""
+
+    lower: Array
+    upper: Array
+
+
+def free_of_bounds(theta: Array, g: Array, bounds: Bounds | None) -> Array:
+    """``False`` for a parameter at a bound whose descent direction ``-g`` points out."""
+    if bounds is None:
+        return jnp.ones(theta.shape, bool)
+    held = ((theta <= bounds.lower) & (g > 0)) | ((theta >= bounds.upper) & (g < 0))
+    return ~held
+
+
+def projected_gradient(theta: Array, g: Array, bounds: Bounds | None) -> Array:
+    """``g`` with the components that the bounds block set to zero: the first-order
+    condition of the bounded problem is that this vanishes."""
+    if bounds is None:
+        return g
+    return jnp.where(free_of_bounds(theta, g, bounds), g, 0.0)
+
+
+def project(theta: Array, s: Array, bounds: Bounds | None) -> Array:
+    """The step ``s`` from ``theta`` cut back into the box: ``clip(theta + s) - theta``."""
+    if bounds is None:
+        return s
+    return jnp.clip(theta + s, bounds.lower, bounds.upper) - theta
 
 
 class Targets(NamedTuple):
