@@ -182,11 +182,12 @@ def standard_errors(fn: Callable | AbstractSumOfTerms, params, args=None, *,
     for one held fixed.
 
     ```python
-    x, y = idn.problems.paper_toy()
-    noisy = y + 1e-3 * jnp.sin(50.0 * x[:, 0])
-    model, _ = idn.solve(idn.problems.paper_toy_start(), x, noisy, throw=False)
-    errors = idn.standard_errors(model, x, noisy)   # phases: inf (they can shift together)
-    print(errors.A, errors.phi)
+    xs = jnp.linspace(0.0, 1.0, 80)[:, None]
+    target = idn.AION(1, 1, 1, key=jax.random.key(4))            # a damped cosine
+    ys = jax.vmap(target)(xs) + 1e-3 * jnp.sin(40.0 * xs[:, 0])
+    fitted, _ = idn.solve(target, xs, ys)
+    errors = idn.standard_errors(fitted, xs, ys)     # shaped like the model's parameters
+    print(errors.A, errors.alpha, errors.omega, errors.phi)
     ```
     """
     cov = covariance(fn, params, args, absolute_sigma=absolute_sigma, trainable=trainable,
