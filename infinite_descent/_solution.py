@@ -14,6 +14,8 @@ class RESULTS(eqx.Enumeration):
     - ``max_steps_reached``: ``max_steps`` inner iterations ran before any test was met; the
       model returned is still the best point found and never worse than the start.
     - ``nonfinite_data``: ``x`` or ``y`` holds NaN or Inf; the start is returned unchanged.
+    - ``stalled``: the damping had to grow until its steps could no longer change the loss,
+      and still no step lowered it, far from any convergence test: not a minimum found.
     - ``nonfinite_start``: the model's loss at the start is not finite (for example an
       exponential overflowed); the start is returned unchanged.
 
@@ -32,6 +34,15 @@ class RESULTS(eqx.Enumeration):
     )
     nonfinite_data = (
         "The data `x` or `y` contain NaN or Inf values; the model was returned unchanged."
+    )
+    stalled = (
+        "The solve stalled: no step lowered the loss even once the damping had shrunk it "
+        "below the loss's rounding, so the loss reached (`info.loss`, never above the start's) "
+        "is not a converged minimum: the model's gradient disagrees with its loss there (a "
+        "non-smooth point, a start far from the data's scale, or exponentials at the edge of "
+        "overflow). Try another start (`idn.multistart`), inputs rescaled to about [-1, 1], "
+        "smaller growth rates `alpha`, or pass `throw=False` to accept the returned model as "
+        "is."
     )
     nonfinite_start = (
         "The loss at the starting model is not finite (NaN or Inf: an exponential overflowed "

@@ -72,6 +72,11 @@ class AbstractProblem(eqx.Module):
         """Whether every datum is finite."""
 
     @abc.abstractmethod
+    def data_norm(self) -> Array:
+        """``|y|`` (weighted), the scale of the data: the loop's floors are relative to it
+        (``0`` where the residuals hold no separate data)."""
+
+    @abc.abstractmethod
     def normal_equations(
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:
@@ -186,6 +191,10 @@ class AbstractPointProblem(AbstractProblem):
 
     def data_finite(self) -> Bool[Array, ""]:
         return jnp.all(jnp.isfinite(self.x)) & jnp.all(jnp.isfinite(self.y))
+
+    def data_norm(self) -> Array:
+        y = self.y if self.weight is None else self.y * self.weight
+        return jnp.sqrt(jnp.sum(y * y))
 
     # -- one chunk ----------------------------------------------------------------------------
 

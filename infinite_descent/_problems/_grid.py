@@ -159,6 +159,9 @@ class GridResummation(AbstractProblem):
             finite = finite & jnp.all(jnp.isfinite(axis))
         return finite
 
+    def data_norm(self) -> Array:
+        return jnp.sqrt(jnp.sum(self.y * self.y))
+
     def _terms(self, delta):
         out = [
             _axis_terms(self.theta, delta, basis, axis, 0 if self.shared else s)

@@ -56,6 +56,9 @@ class ProjectedAION(AbstractProblem):
     def data_finite(self) -> Array:
         return jnp.all(jnp.isfinite(self.x)) & jnp.all(jnp.isfinite(self.y))
 
+    def data_norm(self) -> Array:
+        return jnp.sqrt(self.y @ self.y)
+
     # -- the projection -----------------------------------------------------------------------
 
     def _split(self, theta_j: Array) -> dict:

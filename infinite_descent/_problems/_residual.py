@@ -65,6 +65,9 @@ class ResidualProblem(AbstractProblem):
             ok = ok & jnp.all(jnp.isfinite(a))
         return ok
 
+    def data_norm(self) -> Array:
+        return jnp.zeros((), self.theta.dtype)
+
     def normal_equations(
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:

@@ -86,6 +86,9 @@ class RobustProblem(AbstractProblem):
     def data_finite(self) -> Bool[Array, ""]:
         return self.inner.data_finite()
 
+    def data_norm(self) -> Array:
+        return self.inner.data_norm()
+
     def normal_equations(
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:

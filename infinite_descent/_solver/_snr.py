@@ -177,16 +177,12 @@ class SNR(eqx.Module):
             return self
         return eqx.tree_at(lambda s: s.linear_solver, self, concrete)
 
-    def tolerances(self, dtype) -> tuple[float, float]:
-        """``(xtol, ftol)`` with the defaults of ``dtype`` filled in."""
+    def tolerances(self, dtype) -> tuple[float, float | None]:
+        """``(xtol, ftol)`` with the default ``xtol`` of ``dtype`` filled in; ``ftol=None``
+        (the default) selects the settling test (see `settled`) instead of MINPACK's."""
         eps = float(jnp.finfo(dtype).eps)
         xtol = 10 * eps if self.xtol is None else self.xtol
-        # Relative decrease of Phi: about 1.6e-10 in float64, 5e-5 in float32. Loose enough to
-        # end a solve whose residual cannot vanish (noisy data) once steps only move rounding
-        # noise; on an exactly representable target the relative decrease stays near 1 until
-        # the rounding floor, so it never stops such a solve early.
-        ftol = eps**0.625 if self.ftol is None else self.ftol
-        return xtol, ftol
+        return xtol, self.ftol
 
     # -- the loop's pieces, composed ---------------------------------------------------------
 
@@ -204,6 +200,11 @@ class SNR(eqx.Module):
                                                residual_only=True)
             blocks = blocks * (m[:, :, None] * m[:, None, :])
         return eq, blocks
+
+    @property
+    def grad_test(self) -> bool:
+        """Whether a gradient tolerance was asked for."""
+        return self.grad_atol > 0 or self.grad_rtol > 0
 
     @property
     def passes_per_evaluation(self) -> int:
@@ -228,9 +229,14 @@ class SNR(eqx.Module):
         )
         mu = self.initial_damping if initial_damping is None else initial_damping
         g0 = projected_gradient(problem.theta.reshape(-1), eq.g, bounds)
+        eps = jnp.finfo(dtype).eps
+        data_norm = problem.data_norm()
         targets = Targets(
             loss=self.loss_atol + self.loss_rtol * eq.loss,
             grad=self.grad_atol + self.grad_rtol * 2 * jnp.max(jnp.abs(g0)),
+            exact_floor=(2 * eps * data_norm) ** 2,
+            rounding_floor=(64 * eps * data_norm) ** 2,
+            data_norm=data_norm,
         )
         return SNRState(
             delta=delta,
@@ -242,8 +248,9 @@ class SNR(eqx.Module):
             steps=jnp.asarray(0, jnp.int32),
             accepted=jnp.asarray(0, jnp.int32),
             passes=jnp.asarray(self.passes_per_evaluation, jnp.int32),
-            done=~(data_ok & start_ok) | converged(eq.loss, g0, targets) | ~jnp.any(mask),
+            done=~(data_ok & start_ok) | converged(eq.loss, g0, targets, self.grad_test) | ~jnp.any(mask),
             creeping=jnp.asarray(0, jnp.int32),
+            below=jnp.asarray(0, jnp.int32),
             accelerate=jnp.asarray(self.geodesic == "on"),
             result=result,
             initial_loss=eq.loss,
@@ -282,17 +289,21 @@ class SNR(eqx.Module):
         # geodesic LM: an acceleration may only improve on it. Against the accelerated step's
         # own prediction the gain ratio punished the acceleration and the loop crept
         # (measured: 1 of 8 hard problems).
-        predicted = predicted_decrease(
-            state.eq.g, velocity, self.linear_solver.model_product(factors, system, velocity)
-        )
+        curvature = velocity @ self.linear_solver.model_product(factors, system, velocity)
+        predicted = predicted_decrease(state.eq.g, velocity, curvature)
         actual = state.eq.loss - eq_new.loss
         ratio = gain_ratio(actual, predicted)
         finite = jnp.isfinite(eq_new.loss) & jnp.all(jnp.isfinite(s))
-        accept = accepts(finite, geodesic_ok, predicted, ratio, eq_new.loss, state.eq.loss)
-        mu, nu = nielsen_damping(state.mu, state.nu, accept, ratio)
+        damped = damping_decided(state.mu, velocity, system.scale, curvature, state.eq.g,
+                                 state.eq.loss)
+        resolution = loss_resolution(state.eq.loss, state.targets.data_norm)
+        negligible = finite & (predicted >= 0) & (predicted <= resolution)
+        accept = accepts(finite, geodesic_ok, predicted, ratio, eq_new.loss, state.eq.loss,
+                         negligible, damped, resolution, state.initial_loss)
+        mu, nu = nielsen_damping(state.mu, state.nu, accept, ratio, negligible)
         creeping, accelerate = geodesic_switch(
-            state.creeping, state.accelerate, accept, ratio, self.geodesic_threshold,
-            self.geodesic_patience,
+            state.creeping, state.accelerate, accept & ~negligible, ratio,
+            self.geodesic_threshold, self.geodesic_patience, hold=negligible,
         )
 
         def pick(new, old):
@@ -301,12 +312,24 @@ class SNR(eqx.Module):
         delta = pick(state.delta + s, state.delta)
         eq = pick(eq_new, state.eq)
         blocks = None if state.blocks is None else pick(blocks_new, state.blocks)
-        done = (
-            step_small(s, (theta + delta) * mask.astype(dtype), xtol)
-            | decrease_small(finite, actual, predicted, state.eq.loss, ftol)
-            | converged(eq.loss, projected_gradient(theta + delta, eq.g, bounds),
-                        state.targets)
-        )
+        below = jnp.where(negligible & ~damped, state.below + 1,
+                          jnp.where(negligible, state.below, 0))
+        if ftol is None:
+            decrease = settled(accept, curvature, state.eq.loss, state.targets) | (
+                below >= BELOW_RESOLUTION_STEPS)
+        else:
+            decrease = decrease_small(finite, actual, predicted, state.eq.loss, ftol)
+        small = step_small(s, (theta + delta) * mask.astype(dtype), xtol, scale)
+        done = (~damped & (small | decrease)) | converged(
+            eq.loss, projected_gradient(theta + delta, eq.g, bounds), state.targets,
+            self.grad_test)
+        # Stalled: the damping had to grow until its step fell below the resolution of Phi,
+        # with no undamped step there before (not the floor of a converged solve), and Phi
+        # still refused it; or the damping overflowed. Within 64 ulps of an exact fit that is
+        # the rounding of the model's values: converged.
+        stalled = (~accept & damped & negligible & (state.below == 0)) | ~jnp.isfinite(mu)
+        done = done | (stalled & (eq.loss <= state.targets.rounding_floor))
+        stalled = stalled & ~done
         return SNRState(
             delta=delta,
             eq=eq,
@@ -317,10 +340,11 @@ class SNR(eqx.Module):
             steps=state.steps + 1,
             accepted=state.accepted + accept.astype(jnp.int32),
             passes=state.passes + self.passes_per_evaluation + passes,
-            done=done,
+            done=done | stalled,
             creeping=creeping,
+            below=below,
             accelerate=accelerate,
-            result=state.result,
+            result=RESULTS.where(stalled, RESULTS.stalled, state.result),
             initial_loss=state.initial_loss,
             targets=state.targets,
             last=StepReport(candidate_loss=eq_new.loss, ratio=ratio, accepted=accept),
@@ -348,7 +372,8 @@ class SNR(eqx.Module):
         )
 
     def result(self, state: SNRState) -> RESULTS:
-        """The result code of a finished loop."""
+        """The result code of a finished loop: a bad start, bad data or a stall as recorded;
+        otherwise successful if a test was met, else ``max_steps_reached``."""
         return RESULTS.where(
             state.result == RESULTS.successful,
             RESULTS.where(state.done, RESULTS.successful, RESULTS.max_steps_reached),
@@ -388,10 +413,15 @@ def project(theta: Array, s: Array, bounds: Bounds | None) -> Array:
 
 
 class Targets(NamedTuple):
-    """The absolute levels of the loss and gradient tests, fixed at the start."""
+    """The levels of the tests, fixed at the start: the loss and gradient targets, the
+    floors of an exact fit (``(2 eps |y|)^2``: to 2 units in the last place of the data;
+    ``(64 eps |y|)^2``: the rounding of the model's values), the data's norm ``|y|``."""
 
     loss: Float[Array, ""]
     grad: Float[Array, ""]
+    exact_floor: Float[Array, ""]
+    rounding_floor: Float[Array, ""]
+    data_norm: Float[Array, ""]
 
 
 class StepReport(NamedTuple):
@@ -421,6 +451,7 @@ class SNRState(eqx.Module):
     passes: Int[Array, ""]
     done: Bool[Array, ""]
     creeping: Int[Array, ""]  # consecutive accepted steps with a gain ratio below threshold
+    below: Int[Array, ""]  # consecutive undamped steps predicted below the resolution of Phi
     accelerate: Bool[Array, ""]  # whether geodesic acceleration is on ("auto" turns it on)
     result: RESULTS
     initial_loss: Float[Array, ""]
@@ -451,17 +482,20 @@ def geodesic_correction(problem, linear_solver, factors, system, velocity):
     return acceleration * system.mask, more
 
 
-def geodesic_switch(creeping, accelerate, accept, ratio, threshold, patience):
+def geodesic_switch(creeping, accelerate, accept, ratio, threshold, patience, hold=False):
     """``"auto"``: count accepted steps in a row whose decrease the quadratic model
     overpredicted (gain ratio below ``threshold``: the narrow valleys where the damping
-    stalls); at ``patience`` turn the acceleration on for good."""
-    creeping = jnp.where(accept & (ratio < threshold), creeping + 1, 0)
+    stalls); at ``patience`` turn the acceleration on for good. Where ``hold`` (a step below
+    the resolution of ``Phi``) the count is kept."""
+    creeping = jnp.where(accept & (ratio < threshold), creeping + 1,
+                         jnp.where(hold, creeping, 0))
     return creeping, accelerate | (creeping >= patience)
 
 
-def predicted_decrease(g: Array, v: Array, gv: Array) -> Array:
-    """The quadratic model's decrease of ``Phi`` for the step ``v``: ``-(2 g.v + v^T G v)``."""
-    return -(2 * (g @ v) + v @ gv)
+def predicted_decrease(g: Array, v: Array, curvature: Array) -> Array:
+    """The quadratic model's decrease of ``Phi`` for the step ``v``: ``-(2 g.v + v^T G v)``,
+    given ``curvature = v^T G v``."""
+    return -(2 * (g @ v) + curvature)
 
 
 def gain_ratio(actual: Array, predicted: Array) -> Array:
@@ -469,31 +503,83 @@ def gain_ratio(actual: Array, predicted: Array) -> Array:
     return actual / predicted
 
 
-def accepts(finite, geodesic_ok, predicted, ratio, loss_new, loss) -> Array:
-    """A step is taken only if it is finite, its acceleration small, the model predicted a
-    decrease, and ``Phi`` fell by a fair share of it."""
-    return finite & geodesic_ok & (predicted > 0) & (ratio > 1e-4) & (loss_new < loss)
+def loss_resolution(loss, data_norm):
+    """The rounding of ``Phi = r.r`` (``8 eps (Phi + sqrt(Phi) |y|)``): changes of ``Phi``
+    below it are noise."""
+    eps = jnp.finfo(loss.dtype).eps
+    return 8 * eps * (loss + jnp.sqrt(loss) * data_norm)
 
 
-def nielsen_damping(mu, nu, accept, ratio):
+def damping_decided(mu, v, scale, curvature, g, loss):
+    """Whether the damping rather than the model decided the step ``v``: ``mu > 1`` (``mu``
+    is relative to ``D``: after overflowing candidates, or from a large initial damping), or
+    ``mu D`` carries most of ``-g.v = v^T (G + mu D) v`` while some column of ``J`` is still
+    at an angle to ``r`` (cosine ``|g_i| / sqrt(D_i Phi)`` above ``sqrt(eps)``). Along a null
+    direction of ``J`` (a curve of minima) the damping decides too, but there the gradient is
+    rounding noise. Such a step meets no convergence test."""
+    eps = jnp.finfo(loss.dtype).eps
+    dominated = mu * ((v * scale) @ v) > curvature
+    cosine = jnp.max(jnp.abs(g) / jnp.sqrt(scale * loss))
+    return (mu > 1) | (dominated & (cosine > eps**0.5))
+
+
+def accepts(finite, geodesic_ok, predicted, ratio, loss_new, loss, negligible=False,
+            damped=False, resolution=0.0, start_loss=None):
+    """A step is taken if it is finite and its acceleration small, and either ``Phi`` fell by
+    a fair share of a predicted decrease, or the step is ``negligible`` (predicted below the
+    resolution of ``Phi``, where the actual change is rounding noise) and ``Phi`` rises by no
+    more than that resolution (nothing while the damping decides), never above the start."""
+    improves = (predicted > 0) & (ratio > 1e-4) & (loss_new < loss)
+    settles = negligible & (loss_new <= loss + jnp.where(damped, 0.0, resolution))
+    if start_loss is not None:
+        settles = settles & (loss_new <= start_loss)
+    return finite & geodesic_ok & (improves | settles)
+
+
+def nielsen_damping(mu, nu, accept, ratio, negligible=False):
     """Nielsen's rule: ``mu *= max(1/3, 1 - (2 rho - 1)^3)`` and ``nu = 2`` on success,
-    ``mu *= nu`` and ``nu *= 2`` on failure."""
-    ratio_safe = jnp.where(accept, ratio, 0.5)
+    ``mu *= nu`` and ``nu *= 2`` on failure. A negligible step counts as a perfect model
+    (``rho = 1``) when taken; refused, it doubles ``mu`` without raising ``nu`` (it is no
+    failure of the model)."""
+    ratio_safe = jnp.where(accept, jnp.where(negligible, 1.0, ratio), 0.5)
     mu_accept = mu * jnp.maximum(1.0 / 3.0, 1 - (2 * ratio_safe - 1) ** 3)
     return (
-        jnp.where(accept, mu_accept, mu * nu),
-        jnp.where(accept, 2.0, 2 * nu).astype(nu.dtype),
+        jnp.where(accept, mu_accept, mu * jnp.where(negligible, 2.0, nu)),
+        jnp.where(accept, 2.0, jnp.where(negligible, nu, 2 * nu)).astype(nu.dtype),
     )
 
 
-def converged(loss, g, targets: Targets) -> Array:
-    """The loss or the gradient test: ``Phi <= loss target`` or ``max|grad| <= grad target``."""
-    return (loss <= targets.loss) | (2 * jnp.max(jnp.abs(g)) <= targets.grad)
+# Steps in a row below the resolution of Phi (and not damped) after which a solve ends: the
+# floor where the steps are rounding noise and Phi cannot confirm any of them.
+BELOW_RESOLUTION_STEPS = 8
 
 
-def step_small(s, params, xtol) -> Array:
-    """MINPACK's step test: ``||s|| <= xtol (||theta + delta|| + xtol)``."""
-    return jnp.linalg.norm(s) <= xtol * (jnp.linalg.norm(params) + xtol)
+def settled(accept, curvature, loss, targets) -> Array:
+    """The default decrease test: a taken step whose change of the fitted values,
+    ``||J v||^2 = v^T G v``, is below the rounding of ``Phi`` (or of the data). The
+    parameters are then about one contraction of that step from the minimum: settled to
+    rounding. (MINPACK's ``ftol`` test on the relative decrease left ``||J s|| ~ sqrt(ftol
+    Phi)``: parameters 1e-8 from the minimum on NIST Lanczos3, and runs that differ only in
+    rounding that far apart.)"""
+    eps = jnp.finfo(loss.dtype).eps
+    return accept & (curvature >= 0) & (curvature <= eps * loss + targets.exact_floor)
+
+
+def converged(loss, g, targets: Targets, grad_test: bool = True) -> Array:
+    """The loss test (``Phi <= loss target``, or an exact fit to the data's rounding), and the
+    gradient test where one was asked for (``max|grad| <= grad target``: never met by a
+    gradient that merely underflowed)."""
+    met = (loss <= targets.loss) | (loss <= targets.exact_floor)
+    if grad_test:
+        met = met | (2 * jnp.max(jnp.abs(g)) <= targets.grad)
+    return met
+
+
+def step_small(s, params, xtol, scale) -> Array:
+    """MINPACK's step test in Moré's scaled norm: ``||D^1/2 s|| <= xtol ||D^1/2 theta||``,
+    invariant to the scale of the data and of each parameter."""
+    root = jnp.sqrt(scale)
+    return jnp.linalg.norm(root * s) <= xtol * jnp.linalg.norm(root * params)
 
 
 def decrease_small(finite, actual, predicted, loss, ftol) -> Array:
