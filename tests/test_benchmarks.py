@@ -92,6 +92,25 @@ def test_versus_peers_script(tmp_path):
         assert (r["median_ms_to_target"] is None) == (r["successes"] == 0)
 
 
+def test_nist_script(tmp_path):
+    run_module("benchmarks.nist", "--out", str(tmp_path), "--quick", "--max-steps", "500")
+    result = json.loads((tmp_path / "nist.json").read_text())
+    rows = result["rows"]
+    assert [(r["problem"], r["start"]) for r in rows] == [
+        (name, start) for name in ("Misra1a", "DanWood", "BoxBOD") for start in (1, 2)]
+    assert [s["method"] for s in result["summary"]] == [
+        "least_squares", "optimistix LM", "scipy lm", "scipy trf"]
+    for r in rows:
+        for key in ("ID", "optx", "lm", "trf"):
+            assert len(r[f"{key}_parameter_lre"]) == r["M"] == 2
+            assert 0 <= r[f"{key}_min_lre"] <= 11 and 0 <= r[f"{key}_rss_lre"] <= 11
+            assert 0 < r[f"{key}_work"] <= 500
+    # Misra1a and DanWood are the easiest of the suite: every method certifies them.
+    for r in rows[:4]:
+        assert all(r[f"{key}_certified"] for key in ("ID", "optx", "lm", "trf")), r["problem"]
+        assert r["ID_se_lre"] >= 4
+
+
 def test_redesign_script(tmp_path):
     # HEAD against the working tree: fast, and independent of the history (a shallow clone has
     # HEAD but not the default baseline). Needs git and a checkout, not an sdist.

@@ -1,0 +1,169 @@
+"""NIST StRD nonlinear regression: all 27 certified problems from both starts (54 runs).
+
+``idn.least_squares`` with its default tolerances from each of NIST's two starting points,
+scored as NIST scores: the log relative error (correct significant digits) of every parameter
+and of the residual sum of squares at least 6, of ``idn.standard_errors`` against the
+certified standard deviations at least 4, and the solve reporting success. The data files are
+NIST's (public), copied into ``tests/data/nist-strd/``.
+
+The runs that do not certify are marked ``xfail(strict=True)`` with what was measured and why:
+the requirement stays as it is, and a run that starts to certify fails the suite until its mark
+is removed. ``benchmarks/nist.py`` runs the same 54 runs beside optimistix and scipy.
+"""
+
+import functools
+import warnings
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import infinite_descent as idn
+from infinite_descent.bench import nist
+
+DATA = Path(__file__).resolve().parent / "data" / "nist-strd"
+MAX_STEPS = 1000  # no run needs more than about 200 inner iterations
+PARAMETER_DIGITS, RSS_DIGITS, SE_DIGITS = 6, 6, 4
+
+_FTOL = ("stopped (result successful) by the relative-decrease test at the default "
+         "ftol = eps^0.625 = 1.6e-10: near the minimum a decrease below ftol * Phi still leaves "
+         "each parameter about sqrt(ftol * dof) of its standard error from the minimiser, too "
+         "coarse for a parameter whose standard error is comparable to its value; with "
+         "ftol=1e-15 this run certifies")
+# Measured with the default tolerances, MAX_STEPS = 1000, float64 (2-core x86_64, jax 0.10.2).
+XFAIL = {
+    ("Nelson", 1): f"b2 LRE 5.5 (73 iterations), standard errors 5.6: {_FTOL} (b2 10.7 digits)",
+    ("Nelson", 2): f"b2 LRE 5.95 (27 iterations): {_FTOL}",
+    ("ENSO", 1): f"b8 LRE 4.2 (22 iterations; b8 = 0.21 +- 0.51): {_FTOL}",
+    ("ENSO", 2): f"b8 LRE 4.6 (13 iterations): {_FTOL}",
+    ("MGH09", 1): f"b2 LRE 5.1 (86 iterations; b2 = 0.19 +- 0.20): {_FTOL}",
+    ("MGH09", 2): f"b2 LRE 5.9 (12 iterations): {_FTOL}",
+    ("Thurber", 1): f"b7 LRE 5.7 (23 iterations): {_FTOL}",
+    ("Thurber", 2): f"b7 LRE 5.6 (20 iterations): {_FTOL}",
+    ("BoxBOD", 2): f"b2 LRE 5.96 (9 iterations): {_FTOL}",
+    ("BoxBOD", 1): (
+        "parameter LRE 0: from (1, 1) the first steps raise b2 to 33, where exp(-b2 x) = 0 at "
+        "every x >= 1; the model is the constant b1 = mean(y) = 172.5, Phi = 9771.5 (the "
+        "certified minimum is 1168.0), and the gradient in b2 vanishes (4.7e-6): a flat "
+        "plateau the solve stops on (6 iterations, result successful). optimistix LM and "
+        "scipy trf reach the certified minimum from this start; scipy lm stops on the same "
+        "plateau"),
+    ("MGH10", 1): (
+        "parameter LRE 0: the solve follows the valley towards b1 -> 0, b2, b3 large and "
+        "stops after 120 iterations at b = (1.8e-15, 4.4e5, 1.0e4), Phi = 1.09e9 (certified "
+        "87.9), max|grad Phi| = 8e22, reporting success. The loop evaluates b = start + delta, "
+        "so b1 = 2 + delta moves on a grid of ulp(2) = 4.4e-16 and sits at 4 ulps; the steps "
+        "in b1 that its Jacobian column (3e19) asks for round away, the candidates are "
+        "rejected, the damping climbs, and the decrease test (or, with ftol=0, the step test) "
+        "ends the solve. optimistix LM (4779 steps), scipy lm and trf reach the certified "
+        "minimum from this start"),
+    ("Lanczos1", 1): (
+        "RSS LRE 2.9 and standard errors 3.2 (parameters 10.6): limited by float64 rounding, "
+        "not by the fit. The certified RSS is 1.4e-25 (residuals of about 8e-14 against y up "
+        "to 2.5), so about three digits of every residual evaluated in float64 are rounding; "
+        "the RSS of this fit evaluated in 60-digit decimal arithmetic has LRE 5.5, and the "
+        "standard errors scaled by it 5.8. The standard errors take s^2 = RSS / dof from the "
+        "same float64 residuals"),
+    ("Lanczos1", 2): (
+        "RSS LRE 2.8 and standard errors 3.1 (parameters 10.6): limited by float64 rounding, "
+        "as from start 1; in 60-digit decimal arithmetic the RSS of this fit has LRE 6.3 and "
+        "the standard errors scaled by it 6.6"),
+}
+
+
+@functools.cache
+def _fits(name):
+    """Both starts of one problem. ``least_squares`` compiles once per residual function,
+    model and shapes (its ``args`` carry the model as a static field), so the second start,
+    and problems sharing a model and a size (Gauss1-3, Lanczos1-3), reuse the compiled solve."""
+    problem = nist.load(DATA / f"{name}.dat")
+    args = nist.data(problem)
+    out = {}
+    for index, start in enumerate(problem.starts, 1):
+        fit, info = idn.least_squares(nist.residual, jnp.asarray(start), args,
+                                      max_steps=MAX_STEPS, throw=False)
+        # Standard promotion here, as users have it: under the suite's strict promotion
+        # `standard_errors` multiplies a bool mask by the float Jacobian and raises (see
+        # test_standard_errors_under_strict_promotion).
+        with warnings.catch_warnings(), jax.numpy_dtype_promotion("standard"):
+            # A fit far from the minimum leaves parameters unidentifiable: inf, and a warning.
+            warnings.simplefilter("ignore", UserWarning)
+            errors = idn.standard_errors(nist.residual, fit, args)
+        out[index] = (np.asarray(fit), info, np.asarray(errors))
+    return problem, out
+
+
+CASES = [
+    pytest.param(name, index, id=f"{name}-start{index}", marks=(
+        [pytest.mark.xfail(strict=True, reason=XFAIL[name, index])]
+        if (name, index) in XFAIL else []))
+    for name in nist.NAMES for index in (1, 2)
+]
+
+
+def test_the_data_files_parse_as_nist_describes_them():
+    problems = nist.load_all(DATA)
+    assert [p.name for p in problems] == list(nist.NAMES) and len(problems) == 27
+    assert sorted(p.stem for p in DATA.glob("*.dat")) == sorted(nist.NAMES)
+    for p in problems:
+        m = p.certified.shape[0]
+        assert p.start1.shape == p.start2.shape == p.certified_sd.shape == (m,)
+        assert p.dof == p.y.shape[0] - m and p.x.shape[0] == p.y.shape[0]
+        assert p.difficulty in ("Lower", "Average", "Higher")
+        assert np.all(p.certified_sd > 0) and p.certified_rss > 0
+    misra = problems[0]
+    assert misra.name == "Misra1a" and misra.x.shape == (14,) and misra.dof == 12
+    np.testing.assert_array_equal(misra.start1, [500.0, 1e-4])
+    np.testing.assert_array_equal(misra.certified, [2.3894212918e02, 5.5015643181e-04])
+    assert misra.certified_rss == 1.2455138894e-01
+    # Rat43's header misprints its degrees of freedom (9); the certified values use N - M.
+    assert nist.load(DATA / "Rat43.dat").dof == 15 - 4
+    nelson = nist.load(DATA / "Nelson.dat")
+    assert nelson.x.shape == (128, 2)
+    np.testing.assert_allclose(nelson.response, np.log(nelson.y))
+
+
+def test_the_models_reproduce_the_certified_residual_sum_of_squares():
+    # At the certified parameters (11 digits) every model's float64 RSS matches NIST's to 10
+    # digits or more, except Lanczos1, whose RSS (1e-25) is below the certified parameters'
+    # own rounding.
+    for p in nist.load_all(DATA):
+        if p.name != "Lanczos1":
+            assert nist.lre(nist.rss(p.certified, p), p.certified_rss) >= 10, p.name
+
+
+def test_lre():
+    assert nist.lre(1.0, 1.0) == 11 and nist.lre(1.0 + 1e-6, 1.0) == pytest.approx(6.0)
+    assert nist.lre(2.0, 1.0) == 0 and nist.lre(np.nan, 1.0) == 0 and nist.lre(-1.0, 1.0) == 0
+    np.testing.assert_allclose(nist.lre([1.001, 1 + 1e-13], [1.0, 1.0]), [3.0, 11.0])
+
+
+@pytest.mark.xfail(strict=True, raises=jax.dtypes.TypePromotionError, reason=(
+    "infinite_descent/_uncertainty.py: `_covariance_from_jacobian` computes `J * free[None, :]` "
+    "with `free` a bool array, which jax_numpy_dtype_promotion='strict' (this suite's "
+    "setting, tests/conftest.py) refuses; `covariance` and `standard_errors` raise for "
+    "every residual function"))
+def test_standard_errors_under_strict_promotion():
+    problem = nist.load(DATA / "Misra1a.dat")
+    errors = idn.standard_errors(nist.residual, jnp.asarray(problem.certified),
+                                 nist.data(problem))
+    assert nist.lre(errors, problem.certified_sd).min() >= SE_DIGITS
+
+
+@pytest.mark.parametrize(("name", "start"), CASES)
+def test_certified(name, start):
+    problem, fits = _fits(name)
+    fit, info, errors = fits[start]
+    parameters = nist.lre(fit, problem.certified)
+    rss = nist.lre(nist.rss(fit, problem), problem.certified_rss)
+    standard_errors = nist.lre(errors, problem.certified_sd)
+    measured = (f"{name} start {start}: parameter LRE {np.round(parameters, 2)}, RSS LRE "
+                f"{rss:.2f}, standard-error LRE {np.round(standard_errors, 2)}, "
+                f"{int(info.inner_steps)} iterations, {idn.RESULTS[info.result] or 'successful'}")
+    assert float(info.loss) <= float(info.initial_loss)
+    assert parameters.min() >= PARAMETER_DIGITS, measured
+    assert rss >= RSS_DIGITS, measured
+    assert standard_errors.min() >= SE_DIGITS, measured
+    assert info.result == idn.RESULTS.successful, measured
