@@ -174,8 +174,10 @@ class TestBoundaryOfEveryEntryPoint:
             opt.update(None, state, self.model, x=self.x.at[2, 0].set(jnp.nan), y=self.y)
         with pytest.raises(ValueError, match=r"shape \(N, 2\)"):
             opt.update(None, state, self.model, x=self.x[:, :1], y=self.y)
+        # Any pytree initialises (for residual_fn=); data x, y need a model of the package.
+        params = {"A": jnp.ones(3)}
         with pytest.raises(TypeError, match="AION"):
-            opt.init({"A": jnp.ones(3)})
+            opt.update(None, opt.init(params), params, x=self.x, y=self.y)
 
     def test_nonfinite_parameters(self):
         bad = eqx.tree_at(lambda m: m.A, self.model, self.model.A.at[0].set(jnp.nan))
