@@ -23,7 +23,7 @@ is a Levenberg-Marquardt globalisation of Newton's method, built from small pure
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import NamedTuple, Union
 
 import equinox as eqx
 import jax
@@ -44,6 +44,9 @@ from ._linear import (
 )
 
 HESSIANS = ("gauss_newton", "exact")
+# What the solver's numeric options accept: Python, numpy and (concrete) JAX scalars.
+Number = Union[int, float, np.integer, np.floating, np.ndarray, jax.Array]
+Flag = Union[bool, np.bool_]
 GEODESIC_MODES = {True: "on", False: "off", "auto": "auto"}
 
 
@@ -113,19 +116,19 @@ class SNR(eqx.Module):
 
     def __init__(
         self,
-        linear_solver="auto",
+        linear_solver: AbstractLinearSolver | AutoLinearSolver | str = "auto",
         *,
         hessian: str = "gauss_newton",
-        geodesic: bool | str = "auto",
-        initial_damping: float = 1e-1,
-        xtol: float | None = None,
-        ftol: float | None = None,
-        loss_atol: float = 0.0,
-        loss_rtol: float = 0.0,
-        grad_atol: float = 0.0,
-        grad_rtol: float = 0.0,
-        fix_gauge: bool = False,
-        variable_projection: bool = False,
+        geodesic: Flag | str = "auto",
+        initial_damping: Number = 1e-1,
+        xtol: Number | None = None,
+        ftol: Number | None = None,
+        loss_atol: Number = 0.0,
+        loss_rtol: Number = 0.0,
+        grad_atol: Number = 0.0,
+        grad_rtol: Number = 0.0,
+        fix_gauge: Flag = False,
+        variable_projection: Flag = False,
     ):
         self.linear_solver = linear_solver_from(linear_solver)
         if hessian not in HESSIANS:
