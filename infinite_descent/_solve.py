@@ -14,9 +14,8 @@ from ._problems._base import AbstractProblem
 from ._problems._regularized import regularized
 from ._problems._select import make_problem
 from ._solution import RESULTS, SolveHistory, SolveInfo
-from ._solver._iterate import iterate
 from ._solver._linear import linear_solver_name
-from ._solver._snr import SNR, Bounds
+from ._solver._snr import SNR, Bounds, iterate
 
 
 def gauge_mask(model: AION) -> jax.Array:

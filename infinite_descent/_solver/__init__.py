@@ -1,2 +1,2 @@
-"""The solver: the SNR configuration and its pieces (`_snr`), the linear solvers of the damped
-system (`_linear`), and the one bounded loop every entry point runs (`_iterate`)."""
+"""The solver: the SNR configuration, its pieces and the one bounded loop every entry point
+runs (`_snr`), and the linear solvers of the damped system (`_linear`)."""
