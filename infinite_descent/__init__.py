@@ -12,7 +12,8 @@ Public names:
   `Cholesky`, `Woodbury`, `CG`, `BlockJacobi`, `AutoLinearSolver` (`AbstractLinearSolver`).
 - Entry points: `solve`, `least_squares` (any residual function), `solve_once` (an optax transformation), `multistart`, `expand`,
   `resummed_residual`, `regularized_newton`, `matrix_pencil`.
-- Fits to publish: `curve_fit` (scipy's interface), `covariance`, `standard_errors`.
+- Fits to publish: `curve_fit` (scipy's interface), `covariance`, `standard_errors`,
+  `report`.
 - What they report: `SolveInfo`, `SolveHistory`, `SolveOnceState`, `MultistartInfo`,
   `ExpansionStep`, `NewtonState`, `RESULTS`.
 - `problems`: the paper's toy and certified reference problems.
@@ -30,6 +31,7 @@ from ._multistart import MultistartInfo, multistart
 from ._newton import NewtonState, regularized_newton
 from ._pencil import matrix_pencil
 from ._problems._grid import GridData
+from ._report import report
 from ._residual import resummed_residual
 from ._solution import RESULTS, SolveHistory, SolveInfo
 from ._solve import solve
@@ -76,6 +78,7 @@ __all__ = [
     "multistart",
     "problems",
     "regularized_newton",
+    "report",
     "resummed_residual",
     "solve",
     "solve_once",

@@ -177,3 +177,22 @@ def test_bounds_are_checked_and_a_start_on_a_bound_is_moved_inside():
     x, y = idn.problems.paper_toy()
     bounded, info = idn.solve(model, x, y, bounds=(-np.inf, 3.0), throw=False)
     assert float(jnp.max(bounded.omega)) <= 3.0
+
+
+def test_the_report_shows_the_fit_and_its_parameters():
+    data = decay_np(T, 3.0, 1.3, 0.2) + 0.01 * _rng().normal(size=T.shape)
+
+    def residuals(p, t):
+        return decay(t, p["a"], p["k"], p["c"]) - jnp.asarray(data)
+
+    fit, info = idn.least_squares(residuals, {"a": 1.0, "k": 1.0, "c": 0.0}, jnp.asarray(T))
+    errors = idn.standard_errors(residuals, fit, jnp.asarray(T))
+    text = idn.report(info, fit, errors)
+    assert "converged" in text and f"{int(info.inner_steps)} (" in text
+    for name in ("a", "k", "c"):
+        line = next(line for line in text.splitlines() if f"['{name}']" in line)
+        assert f"{float(fit[name]): .8g}" in line and f"{float(errors[name]):.3g}" in line
+    assert "max_steps" in idn.report(idn.least_squares(residuals, {"a": 1.0, "k": 1.0,
+                                                                   "c": 0.0},
+                                                       jnp.asarray(T), max_steps=1,
+                                                       throw=False)[1])
