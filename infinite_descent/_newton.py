@@ -136,7 +136,7 @@ def regularized_newton(
     linear_solver: str = "auto",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Regularized Newton steps ``-eta (H + lambda I)^{-1} grad (Phi / 2)`` as an optax
-    transformation, for any [`SumOfTerms`][infinite_descent.SumOfTerms] (a
+    transformation, for any [`AbstractSumOfTerms`][infinite_descent.AbstractSumOfTerms] (a
     [`ShallowNetwork`][infinite_descent.ShallowNetwork] above all).
 
     ``update(updates, state, params, *, x, y)`` ignores ``updates``, computes the step at
