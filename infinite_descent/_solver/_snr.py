@@ -150,7 +150,7 @@ class SNR(eqx.Module):
         self.grad_rtol = _number(grad_rtol, "grad_rtol")
         for name, flag in (("fix_gauge", fix_gauge), ("variable_projection", variable_projection)):
             if not isinstance(flag, (bool, np.bool_)):
-                raise ValueError(f"SNR: `{name}` must be True or False, got {flag!r}.")
+                raise TypeError(f"SNR: `{name}` must be True or False, got {flag!r}.")
         self.fix_gauge = bool(fix_gauge)
         self.variable_projection = bool(variable_projection)
         self.geodesic_ratio = 0.75
