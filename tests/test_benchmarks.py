@@ -142,3 +142,50 @@ def test_redesign_script(tmp_path):
             assert all(len(v) > 0 for v in run[case]["samples_ms"].values())
         assert len(run["calls"]["samples_ms"]["direct"]) == len(
             run["calls"]["samples_ms"]["jitted"]) > 0
+
+
+def test_least_squares_script(tmp_path):
+    run_module("benchmarks.least_squares", "--out", str(tmp_path), "--quick", "--starts", "1",
+               "--only", "AION")
+    result = json.loads((tmp_path / "least_squares.json").read_text())
+    rows = {r["method"]: r for r in result["results"]}
+    assert set(rows) == {"idn.least_squares", "optimistix LevenbergMarquardt",
+                         "scipy least_squares"}
+    for r in rows.values():
+        assert r["problem"].startswith("AION") and r["starts"] == 1
+        assert 0 <= r["successes"] <= 1 and r["best_relative_loss"] <= r["median_relative_loss"]
+        assert r["median_iterations"] <= r["budget"]
+        assert r["median_wall_ms"] > 0 and r["median_cpu_ms"] > 0
+        # Every method that reached the level has a time to reach it, and only those.
+        assert (r["interpolated_cpu_ms_to_target"] is None) == (r["successes"] == 0)
+    ours = rows["idn.least_squares"]
+    assert ours["cpu_ratio_to_ours"] == 1.0
+    assert ours["successes_stopped_at_target"] <= 1 and ours["to_target"].startswith("measured")
+    [goals] = result["goals"]
+    assert set(goals) >= {"as_many_successes_as_the_best_peer", "at_least_2x_optimistix",
+                          "cpu_speedup_to_target_over_optimistix"}
+    [traces] = result["traces"].values()
+    assert set(traces) == set(rows)
+    for runs in traces.values():
+        [trace] = runs
+        assert len(trace["x"]) == len(trace["relative_loss"]) > 0
+
+
+def test_many_fits_script(tmp_path):
+    run_module("benchmarks.many_fits", "--out", str(tmp_path), "--quick")
+    result = json.loads((tmp_path / "many_fits.json").read_text())
+    rows = {r["method"]: r for r in result["results"]}
+    assert set(rows) == {
+        "idn.least_squares", "idn.least_squares, rtol=1e-8", "idn.least_squares, geodesic=False",
+        "optimistix LM, rtol=atol=1e-12", "optimistix LM, rtol=atol=1e-8",
+        "scipy curve_fit, analytic jac", "scipy curve_fit, finite differences"}
+    for r in rows.values():
+        assert r["fits_per_second"] > 0 and 0 <= r["success_fraction"] <= 1
+        assert r["fits"] == (result["scipy_sample"] if r["extrapolated"] else result["fits"])
+    for name, r in rows.items():
+        if not r["extrapolated"]:
+            assert 0 < r["lane_utilisation"] <= 1
+            assert r["max_iterations"] <= result["max_steps"]
+            assert len(result["per_batch"][name]["batch_seconds"]) == result["fits"] // result[
+                "batch"]
+    assert set(result["goals"]) >= {"at_least_100x_scipy", "at_least_3x_optimistix"}
