@@ -104,6 +104,27 @@ class AbstractProblem(eqx.Module):
         """The model ``like`` with its parameters set to ``theta`` (this layout)."""
 
 
+def residual_gram_matvec(residuals, delta: Array, v: Array) -> Array:
+    """``J^T (J v)`` of a residual function of the flat shift, by a JVP and a VJP."""
+    flat = delta.reshape(-1)
+    _, jv = jax.jvp(residuals, (flat,), (v.reshape(-1),))
+    _, pullback = jax.vjp(residuals, flat)
+    return pullback(jv)[0]
+
+
+def residual_geodesic_rhs(residuals, delta: Array, v: Array) -> Array:
+    """``J^T r_vv`` of a residual function of the flat shift: ``r_vv`` by a JVP of a JVP."""
+    flat, v = delta.reshape(-1), v.reshape(-1)
+
+    def along(t):
+        return jax.jvp(residuals, (flat + t * v,), (v,))[1]
+
+    zero = jnp.zeros((), flat.dtype)
+    r_vv = jax.jvp(along, (zero,), (jnp.ones_like(zero),))[1]
+    _, pullback = jax.vjp(residuals, flat)
+    return pullback(r_vv)[0]
+
+
 def chunk_data(x: Array, y: Array, chunk_size: int | None, weights: Array | None = None):
     """``(x, y, root_weights)``. ``root_weights`` are ``sqrt(w)`` of the per-point weights
     (``None``: all one). Unchunked (``chunk_size=None``) the arrays are as given; chunked they

@@ -24,7 +24,12 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._models._aion import AION
-from ._base import AbstractProblem, NormalEquations
+from ._base import (
+    AbstractProblem,
+    NormalEquations,
+    residual_geodesic_rhs,
+    residual_gram_matvec,
+)
 
 
 class ProjectedAION(AbstractProblem):
@@ -184,21 +189,10 @@ class ProjectedAION(AbstractProblem):
         )
 
     def gram_matvec(self, delta: Array, v: Array) -> Array:
-        flat = delta.reshape(-1)
-        _, jv = jax.jvp(self.residuals, (flat,), (v.reshape(-1),))
-        _, pullback = jax.vjp(self.residuals, flat)
-        return pullback(jv)[0]
+        return residual_gram_matvec(self.residuals, delta, v)
 
     def geodesic_rhs(self, delta: Array, v: Array) -> Array:
-        flat, v = delta.reshape(-1), v.reshape(-1)
-
-        def along(t):
-            return jax.jvp(self.residuals, (flat + t * v,), (v,))[1]
-
-        zero, one = jnp.zeros((), flat.dtype), jnp.ones((), flat.dtype)
-        r_vv = jax.jvp(along, (zero,), (one,))[1]
-        _, pullback = jax.vjp(self.residuals, flat)
-        return pullback(r_vv)[0]
+        return residual_geodesic_rhs(self.residuals, delta, v)
 
     def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
         raise NotImplementedError("variable projection uses the Gauss-Newton Hessian only")

@@ -10,7 +10,12 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool
 
-from ._base import AbstractProblem, NormalEquations
+from ._base import (
+    AbstractProblem,
+    NormalEquations,
+    residual_geodesic_rhs,
+    residual_gram_matvec,
+)
 
 
 class ResidualProblem(AbstractProblem):
@@ -79,21 +84,10 @@ class ResidualProblem(AbstractProblem):
         )
 
     def gram_matvec(self, delta: Array, v: Array) -> Array:
-        flat = delta.reshape(-1)
-        _, jv = jax.jvp(self.residuals, (flat,), (v.reshape(-1),))
-        _, pullback = jax.vjp(self.residuals, flat)
-        return pullback(jv)[0]
+        return residual_gram_matvec(self.residuals, delta, v)
 
     def geodesic_rhs(self, delta: Array, v: Array) -> Array:
-        flat, v = delta.reshape(-1), v.reshape(-1)
-
-        def along(t):
-            return jax.jvp(self.residuals, (flat + t * v,), (v,))[1]
-
-        zero = jnp.zeros((), flat.dtype)
-        r_vv = jax.jvp(along, (zero,), (jnp.ones_like(zero),))[1]
-        _, pullback = jax.vjp(self.residuals, flat)
-        return pullback(r_vv)[0]
+        return residual_geodesic_rhs(self.residuals, delta, v)
 
     def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
         flat = delta.reshape(-1)
