@@ -5,8 +5,9 @@ through the exact resummation of AION, with a stabilised Structured Newton-Raphs
 
 Public names:
 
-- Models: `AION`; `GaussianAtoms` and `ShallowNetwork` beside it; `AbstractSumOfTerms` (the
-  Infinity Class as an interface; `SumOfTerms` is its earlier name).
+- Models: `AION`; `GaussianAtoms` and `ShallowNetwork` beside it; `ModelSum` (models of
+  different families added, ``a + b``); `AbstractSumOfTerms` (the Infinity Class as an
+  interface; `SumOfTerms` is its earlier name).
 - Data: `GridData`, tensor-grid data, accepted wherever ``x, y`` are.
 - The solver: `SNR` (its configuration), and the linear solvers of its damped system:
   `Cholesky`, `Woodbury`, `CG`, `BlockJacobi`, `AutoLinearSolver` (`AbstractLinearSolver`).
@@ -24,7 +25,7 @@ from ._curve_fit import curve_fit
 from ._expand import ExpansionStep, expand
 from ._least_squares import least_squares
 from ._models._aion import AION
-from ._models._base import AbstractSumOfTerms, SumOfTerms
+from ._models._base import AbstractSumOfTerms, ModelSum, SumOfTerms
 from ._models._gaussian import GaussianAtoms
 from ._models._shallow import ShallowNetwork
 from ._multistart import MultistartInfo, multistart
@@ -62,6 +63,7 @@ __all__ = [
     "ExpansionStep",
     "GaussianAtoms",
     "GridData",
+    "ModelSum",
     "MultistartInfo",
     "NewtonState",
     "ShallowNetwork",

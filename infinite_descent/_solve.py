@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from ._models._aion import AION
-from ._models._base import AbstractSumOfTerms
+from ._models._base import AbstractSumOfTerms, ModelSum
 from ._checks import is_concrete
 from ._options import Prepared, RunOptions, prepare, solver_from, strictly_feasible
 from ._problems._base import AbstractProblem
@@ -36,6 +36,16 @@ def gauge_mask(model: AION) -> jax.Array:
     keep = jnp.ones((model.rank, 4, model.dim, model.terms), bool)
     keep = keep.at[:, 0].set(~held)  # the A slot of the stacked (rank, 4, dim, terms) layout
     return keep.reshape(size)
+
+
+def model_gauge_mask(model) -> jax.Array:
+    """`gauge_mask` for any model, in its problem's flat layout: an AION's, every AION part
+    of a `ModelSum` held the same way, nothing held elsewhere."""
+    if isinstance(model, AION):
+        return gauge_mask(model)
+    if isinstance(model, ModelSum):
+        return jnp.concatenate([model_gauge_mask(part) for part in model.parts])
+    return jnp.ones(model.num_params, bool)
 
 
 @jax.custom_jvp
@@ -109,8 +119,8 @@ def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, weights=None
         mask = jnp.ones(problem.num_params, bool)
     else:
         mask = problem.stack(jax.tree.map(jnp.asarray, trainable)).reshape(-1)
-    if solver.fix_gauge and isinstance(model, AION):
-        mask = mask & gauge_mask(model)
+    if solver.fix_gauge:
+        mask = mask & model_gauge_mask(model)
     return run_problem(problem, model, mask, run, solver, initial_damping, bounds)
 
 
