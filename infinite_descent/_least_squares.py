@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import equinox as eqx
@@ -9,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ._batched import count_fits, full_axes, run_batched
 from ._checks import is_concrete
 from ._options import (
     RunOptions,
@@ -89,16 +91,40 @@ class _WithStatic(eqx.Module):
         return self.fn(eqx.combine(params, self.static), args)
 
 
-@eqx.filter_jit
-def _run(fn, params, static, args, regularization, loss, run: RunOptions, solver: SNR,
-         bounds):
+def solve_one(fn, params, static, args, regularization, loss, run: RunOptions, solver: SNR,
+              bounds, initial_damping=None, step_limit=None):
+    """The traced body of one fit: the residual problem, its wrappers and the loop. Shared by
+    `least_squares` (under ``jit``) and its batched mode (under ``vmap``)."""
     params, args = no_derivative((params, args))
     params = strictly_feasible(params, bounds)
     num_data = _count_residuals(fn, params, static, args, "least_squares")
     problem = ResidualProblem(_WithStatic(fn, static), params, args, num_data)
     problem = regularized(robust(problem, *loss), regularization)
     mask = jnp.ones(problem.num_params, bool)
-    solved, info = run_problem(problem, params, mask, run, solver, bounds=bounds)
+    return run_problem(problem, params, mask, run, solver, initial_damping, bounds=bounds,
+                       step_limit=step_limit)
+
+
+class _OneFit(eqx.Module):
+    """One fit of a batch: `solve_one` with everything but the fit's own data fixed."""
+
+    fn: Callable = eqx.field(static=True)
+    static: object
+    regularization: object
+    loss: tuple = eqx.field(static=True)
+    run: RunOptions = eqx.field(static=True)
+    solver: SNR
+
+    def __call__(self, params, args, bounds, damping, step_limit):
+        return solve_one(self.fn, params, self.static, args, self.regularization, self.loss,
+                         self.run, self.solver, bounds, damping, step_limit)
+
+
+@eqx.filter_jit
+def _run(fn, params, static, args, regularization, loss, run: RunOptions, solver: SNR,
+         bounds):
+    solved, info = solve_one(fn, params, static, args, regularization, loss, run, solver,
+                             bounds)
     return eqx.combine(solved, static), info
 
 
@@ -118,6 +144,10 @@ def least_squares(
     throw: bool = True,
     record_history: bool = False,
     verbose: bool = False,
+    batched: bool = False,
+    args_axes=0,
+    segment_steps: int = 16,
+    batch_size: int = 1024,
     **solver_options,
 ):
     r"""Minimise $\Phi = \sum_i r_i^2$ for any residual function, by the SNR loop.
@@ -155,6 +185,17 @@ def least_squares(
       gradient (the first-order condition of the bounded problem). A start on a bound is
       moved just inside it, as scipy's ``trf`` does; a start outside raises.
     - ``max_steps``, ``throw``, ``record_history``, ``verbose``: as for `solve`.
+    - ``batched``: many independent fits at once. Every floating leaf of ``y0`` then carries
+      a leading axis over the fits, and ``args_axes`` (as ``jax.vmap``'s ``in_axes``: an
+      int, ``None`` for arguments all fits share, or a pytree prefix of ``args``) says where
+      the fits' axis is in ``args``. ``batch_size`` fits (default 1024) run together under
+      ``vmap``, ``segment_steps`` inner iterations at a time; after each segment a fit that
+      finished leaves its lane to the next fit waiting, and the others resume with their
+      damping. So the whole set costs about what its fits need, where
+      ``jax.vmap(least_squares)`` (the same fits) makes every lane of a batch run until its
+      slowest fit ends. Each fit runs at most ``max_steps`` inner iterations over its
+      segments. ``bounds`` may be shared or carry the fits' axis; ``throw=True`` raises if
+      any fit is not successful. Call it outside ``jit`` (Python drives the segments).
 
     Cost per inner iteration: the Jacobian (``min(N, M)`` JVPs or VJPs of ``fn``), ``J^T J``
     in ``O(N M^2)`` and an ``M x M`` factorisation (``"auto"`` takes the ``N x N``
@@ -190,7 +231,15 @@ def least_squares(
         raise ValueError(f"{caller}: variable_projection and fix_gauge apply to AION in "
                          "`solve` only.")
     params, static, dtype = split_parameters(y0, caller)
-    num_data = _count_residuals(fn, params, static, args, caller)
+    batched = flag(batched, "batched", caller)
+    if batched:
+        size = count_fits(params, args, args_axes, caller)
+        one_params = jax.tree.map(lambda a: a[0], params)
+        one_args = jax.tree.map(lambda ax, a: a if ax is None else jnp.take(a, 0, axis=ax),
+                                full_axes(args_axes, args), args, is_leaf=lambda v: v is None)
+        num_data = _count_residuals(fn, one_params, static, one_args, caller)
+    else:
+        num_data = _count_residuals(fn, params, static, args, caller)
     if regularization is not None:
         if isinstance(regularization, (bool, np.bool_)) or not np.isfinite(regularization) or (
             regularization < 0
@@ -201,7 +250,7 @@ def least_squares(
     leaves = jax.tree.leaves(params)
     if is_concrete(*leaves) and not all(bool(jnp.all(jnp.isfinite(a))) for a in leaves):
         raise ValueError(f"{caller}: `y0` contains NaN or Inf.")
-    num_params = sum(a.size for a in leaves)
+    num_params = sum(a.size for a in leaves) // (size if batched else 1)
     solver_now = snr.resolved(num_data, num_params, jnp.dtype(dtype).itemsize, False)
     run = RunOptions(check_max_steps(max_steps, caller), None, flag(record_history,
                      "record_history", caller), flag(verbose, "verbose", caller), False)
@@ -213,6 +262,27 @@ def least_squares(
             for b in bounds
         )
     bounds = check_bounds(bounds, params, caller, solver_now)
+    if batched:
+        if record_history or verbose:
+            raise ValueError(f"{caller}: batched=True records no history and prints nothing "
+                             "(a segmented batch has no one sequence of iterates).")
+        segment_steps = check_max_steps(segment_steps, caller, "segment_steps")
+        if segment_steps < 1:
+            raise ValueError(f"{caller}: `segment_steps` must be at least 1, got 0.")
+        one = functools.partial(_OneFit, fn, static, regularization, (loss, f_scale))
+        lanes = check_max_steps(batch_size, caller, "batch_size")
+        if lanes < 1:
+            raise ValueError(f"{caller}: `batch_size` must be at least 1, got 0.")
+        solved, info, _ = run_batched(
+            lambda steps: one(run._replace(max_steps=steps), solver_now), params, args, bounds,
+            args_axes, size=size, max_steps=run.max_steps, segment_steps=segment_steps,
+            lanes=lanes, initial_damping=solver_now.initial_damping)
+        solved = eqx.combine(solved, static)
+        if flag(throw, "throw", caller) and not bool(jnp.all(info.converged)):
+            failed = int(jnp.sum(~info.converged))
+            raise RuntimeError(f"{caller}: {failed} of {size} fits were not successful (see "
+                               "`info.result`); pass throw=False to keep them as they are.")
+        return solved, info
     solved, info = _run(fn, params, static, args, regularization, (loss, f_scale), run,
                         solver_now, bounds)
     if flag(throw, "throw", caller):

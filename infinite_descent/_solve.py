@@ -66,7 +66,7 @@ def _no_derivative_jvp(primals, tangents):
 
 
 def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: SNR,
-                initial_damping=None, bounds=None):
+                initial_damping=None, bounds=None, step_limit=None):
     """The loop on ``problem`` and what it reports: ``(solved, info)``, with ``solved`` the
     model (or parameters) ``like`` at the solution. Shared by every entry point, which
     applies ``throw`` itself (`raise_unless_successful`)."""
@@ -75,7 +75,8 @@ def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: S
         flat_bounds = Bounds(*(problem.stack(b).reshape(-1) for b in bounds))
     out = iterate(solver, problem, mask, max_steps=run.max_steps,
                   record_history=run.record_history, verbose=run.verbose,
-                  initial_damping=initial_damping, bounds=flat_bounds)
+                  initial_damping=initial_damping, bounds=flat_bounds,
+                  step_limit=step_limit)
     solved = problem.to_model(problem.theta + out.delta.reshape(problem.theta.shape), like)
     history = None
     if out.history is not None:

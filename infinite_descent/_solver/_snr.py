@@ -649,12 +649,15 @@ def iterate(
     verbose: bool = False,
     initial_damping: Array | None = None,
     bounds: Bounds | None = None,
+    step_limit: Array | None = None,
 ) -> IterateResult:
     """Run ``solver`` on ``problem`` from ``delta = 0`` for at most ``max_steps`` inner
     iterations. ``mask`` is a boolean vector over the parameters (``False`` never moves);
     ``initial_damping`` (a traced scalar) overrides the solver's, so that a batch of solves
     can each resume with their own damping; ``bounds`` (flat, in the problem's layout) keep
-    every iterate in a box, the start inside it. Never returns a point worse than the start."""
+    every iterate in a box, the start inside it; ``step_limit`` (a traced integer, at most
+    ``max_steps``) stops the loop earlier, so that each lane of a ``vmap`` can have its own
+    budget. Never returns a point worse than the start."""
     state = solver.init(problem, mask, initial_damping, bounds)
     history = None
     if record_history:
@@ -670,7 +673,8 @@ def iterate(
 
     def cond(carry):
         state, _ = carry
-        return ~state.done & (state.steps < max_steps)
+        going = ~state.done & (state.steps < max_steps)
+        return going if step_limit is None else going & (state.steps < step_limit)
 
     def body(carry):
         state, history = carry
