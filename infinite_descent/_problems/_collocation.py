@@ -91,7 +91,7 @@ class Collocation(eqx.Module):
     weight: Array
     residual: Callable = eqx.field(static=True)
 
-    def __init__(self, points, residual: Callable, weight=1.0):
+    def __init__(self, points, residual, weight=1.0):
         if not callable(residual):
             raise TypeError(
                 "Collocation: `residual` must be a function `residual(u, x) -> scalar`, got "
