@@ -8,7 +8,8 @@ Public names:
 - Models: `AION`; `GaussianAtoms` and `ShallowNetwork` beside it; `ModelSum` (models of
   different families added, ``a + b``); `AbstractSumOfTerms` (the Infinity Class as an
   interface; `SumOfTerms` is its earlier name).
-- Data: `GridData`, tensor-grid data, accepted wherever ``x, y`` are.
+- Data: `GridData`, tensor-grid data, accepted wherever ``x, y`` are; `Collocation`,
+  physics-informed residuals in the model's derivatives, accepted in place of the data.
 - The solver: `SNR` (its configuration), and the linear solvers of its damped system:
   `Cholesky`, `Woodbury`, `CG`, `BlockJacobi`, `AutoLinearSolver` (`AbstractLinearSolver`).
 - Entry points: `solve`, `least_squares` (any residual function), `solve_once` (an optax transformation), `multistart`, `expand`,
@@ -31,6 +32,7 @@ from ._models._shallow import ShallowNetwork
 from ._multistart import MultistartInfo, multistart
 from ._newton import NewtonState, regularized_newton
 from ._pencil import matrix_pencil
+from ._problems._collocation import Collocation
 from ._problems._grid import GridData
 from ._report import report
 from ._residual import resummed_residual
@@ -53,6 +55,7 @@ __version__ = "0.2.0.dev0"
 __all__ = [
     "AION",
     "CG",
+    "Collocation",
     "RESULTS",
     "SNR",
     "AbstractLinearSolver",

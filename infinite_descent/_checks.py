@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._models._base import AbstractSumOfTerms, parameter_arrays
+from ._problems._collocation import Collocation, collocation_terms, pointwise
 from ._problems._grid import GridData
 
 
@@ -114,6 +115,52 @@ def check_grid(model, grid: GridData, y, caller: str) -> GridData:
         )
     dtype = model.dtype
     return GridData(tuple(jnp.asarray(a, dtype) for a in axes), jnp.asarray(values, dtype))
+
+
+def as_collocation(x, caller: str) -> tuple[Collocation, ...] | None:
+    """``x`` as a tuple of `Collocation` terms, ``None`` when it holds none (data); a list
+    mixing terms with other things is a ``TypeError`` naming the caller."""
+    try:
+        return collocation_terms(x)
+    except TypeError as error:
+        raise TypeError(f"{caller}: {error}") from None
+
+
+def check_collocation(model, terms: tuple, caller: str) -> tuple[Collocation, ...]:
+    """Collocation terms for ``model``: points of its dimension, points and weights cast to
+    its dtype and finite, and every ``residual(u, x)`` a real scalar (traced once, on the
+    first point, without running it)."""
+    u = pointwise(model)
+    out = []
+    for i, term in enumerate(terms):
+        if term.points.shape[1] != model.dim:
+            raise ValueError(
+                f"{caller}: the points of collocation term {i} have shape "
+                f"{tuple(term.points.shape)}, but the model has dim={model.dim}."
+            )
+        points = jnp.asarray(term.points, model.dtype)
+        weight = jnp.asarray(term.weight, model.dtype)
+        check_finite(caller, model, {f"collocation term {i}'s points": points,
+                                     f"collocation term {i}'s weight": weight})
+        try:
+            shape = jax.eval_shape(lambda x, t=term: t.residual(u, x), points[0])
+        except Exception as error:  # noqa: BLE001 - the user's function, reported as such
+            raise type(error)(
+                f"{caller}: calling `residual(u, x)` of collocation term {i} failed: {error}"
+            ) from error
+        if not isinstance(shape, jax.ShapeDtypeStruct) or shape.shape != ():
+            got = getattr(shape, "shape", type(shape).__name__)
+            raise ValueError(
+                f"{caller}: `residual(u, x)` of collocation term {i} must return a scalar, got "
+                f"{got}."
+            )
+        if not jnp.issubdtype(shape.dtype, jnp.floating):
+            raise TypeError(
+                f"{caller}: `residual(u, x)` of collocation term {i} must return a real "
+                f"floating scalar, got dtype {shape.dtype}."
+            )
+        out.append(eqx.tree_at(lambda t: (t.points, t.weight), term, (points, weight)))
+    return tuple(out)
 
 
 @jax.jit

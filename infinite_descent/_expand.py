@@ -13,12 +13,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_data, check_grid, check_model
+from ._checks import as_collocation, check_collocation, check_data, check_grid, check_model
 from ._models._aion import AION
 from ._models._base import AbstractSumOfTerms
 from ._models._gaussian import GaussianAtoms
 from ._models._shallow import ShallowNetwork
 from ._options import check_max_steps, solver_from, trainable_leaves
+from ._problems._collocation import Collocation, pointwise
 from ._problems._grid import GridData
 from ._solution import RESULTS
 from ._solve import raise_unless_successful, solve
@@ -89,6 +90,17 @@ def append_term(model: AbstractSumOfTerms, term: AbstractSumOfTerms) -> Abstract
     return eqx.combine(grown, static)
 
 
+def residual_terms(model: AbstractSumOfTerms, terms: tuple) -> list[Collocation]:
+    """The collocation terms as a new term ``v`` sees them with ``model`` held fixed: each
+    residual evaluated at ``u + v`` (the collocation analogue of fitting ``y - f(x)``)."""
+    u = pointwise(model)
+
+    def shifted(residual):
+        return lambda v, x: residual(lambda p: u(p) + v(p), x)
+
+    return [Collocation(t.points, shifted(t.residual), t.weight) for t in terms]
+
+
 def _grown_trainable(model: AbstractSumOfTerms, frozen):
     """The ``trainable`` spec of ``model`` when the first terms follow ``frozen`` (the start's
     spec, numpy leaves) and the terms added since are trainable."""
@@ -132,7 +144,8 @@ def expand(
     kept (the tries stop at the first that reaches ``target_loss``):
 
     1. the fit of the current residual ``y - f(x)`` by a one-term model (the best of
-       ``term_starts`` random starts, each a `solve`);
+       ``term_starts`` random starts, each a `solve`); on `Collocation` terms, the one-term
+       model ``v`` fitted to the residuals of ``f + v`` with ``f`` held;
     2. then ``candidates - 1`` one-term models from ``new_term``'s random initialisation.
 
     Why both: the best one-term fit of the residual is unique and greedy, and the joint solve
@@ -140,7 +153,9 @@ def expand(
     led to the same minimum where most random new terms reached the exact fit; see the
     benchmarks). ``candidates=1`` keeps the residual fit alone.
 
-    **Arguments:** ``model`` (the starting model, often one term), data as for `solve`,
+    **Arguments:** ``model`` (the starting model, often one term), data as for `solve`
+    (``x, y``, a `GridData`, or `Collocation` terms: a differential equation whose solution
+    the model's rank grows to meet),
     ``max_terms``, ``target_loss``, ``key`` (for the new terms' starts), ``new_term`` (a function
     ``key -> one-term model``; AION, GaussianAtoms and ShallowNetwork have a default),
     ``term_starts``, ``candidates``, and as for `solve` the ``solver`` (or its keywords) and
@@ -191,7 +206,14 @@ def expand(
     snr = solver_from(solver, caller, solver_options)
     check_max_steps(max_steps, caller)
     new_term = new_term or default_new_term(model)
-    if isinstance(x, GridData):
+    terms = as_collocation(x, caller)
+    if terms is not None:
+        if y is not None:
+            raise TypeError(
+                f"{caller}: collocation terms hold their own residuals; pass no `y` with them."
+            )
+        x = check_collocation(model, terms, caller)
+    elif isinstance(x, GridData):
         grid = check_grid(model, x, y, caller)
         points, targets = grid.points(), grid.values()
     else:
@@ -217,11 +239,14 @@ def expand(
     while history[-1].loss > target_loss and model.num_terms < max_terms:
         began = time.perf_counter()
         steps = passes = 0
-        residual = targets - jax.vmap(model)(points)
+        if terms is None:
+            fit_x, fit_y = points, targets - jax.vmap(model)(points)
+        else:
+            fit_x, fit_y = residual_terms(model, x), None
         key, fit_key, random_key = jax.random.split(key, 3)
         best_term, best_term_loss = None, jnp.inf
         for k in jax.random.split(fit_key, term_starts):
-            fitted, term_info = run(new_term(k), points, residual)
+            fitted, term_info = run(new_term(k), fit_x, fit_y)
             steps += int(term_info.inner_steps)
             passes += int(term_info.data_passes)
             if float(term_info.loss) < best_term_loss:

@@ -19,7 +19,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._checks import check_data, check_finite, check_grid, check_model, is_concrete
+from ._checks import (
+    as_collocation,
+    check_collocation,
+    check_data,
+    check_finite,
+    check_grid,
+    check_model,
+    is_concrete,
+)
 from ._models._aion import AION
 from ._models._base import parameter_arrays
 from ._problems._grid import GridData
@@ -173,7 +181,12 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
     throw = flag(throw, "throw", caller)
     record_history = flag(record_history, "record_history", caller)
     verbose = flag(verbose, "verbose", caller)
-    if isinstance(x, GridData):
+    terms = as_collocation(x, caller)
+    if terms is not None:
+        check_collocation_options(y, weights, chunk_size, solver, caller)
+        x = check_collocation(model, terms, caller)
+        y, num_data, chunk_size = None, sum(t.num_points for t in x), None
+    elif isinstance(x, GridData):
         grid = check_grid(model, x, y, caller)
         if chunk_size not in ("auto", None):
             raise ValueError(f"{caller}: `chunk_size` does not apply to GridData.")
@@ -202,12 +215,32 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
         solver = _resolved(solver, num_data, num_params, itemsize, chunk_size is not None)
     except ValueError as error:
         raise ValueError(f"{caller}: {error}") from None
-    shape = x.shape if isinstance(x, GridData) else (num_data,)
-    weights = check_weights(weights, shape, dtype, caller, solver)
+    if terms is None:
+        shape = x.shape if isinstance(x, GridData) else (num_data,)
+        weights = check_weights(weights, shape, dtype, caller, solver)
     regularization = check_regularization(regularization, dtype, caller)
     bounds = check_bounds(bounds, eqx.filter(model, eqx.is_inexact_array), caller, solver)
     run = RunOptions(max_steps, chunk_size, record_history, verbose, throw)
     return Prepared(x, y, trainable, run, solver, weights, regularization, bounds)
+
+
+def check_collocation_options(y, weights, chunk_size, solver: SNR, caller: str) -> None:
+    """What a solve on collocation terms refuses: targets, per-point weights (each term
+    has its own), chunks and variable projection."""
+    if y is not None:
+        raise TypeError(
+            f"{caller}: collocation terms hold their own residuals; pass no `y` with them."
+        )
+    if weights is not None:
+        raise TypeError(
+            f"{caller}: `weights` do not apply to collocation terms; give each "
+            "`Collocation` its own `weight=` (a number or one per point)."
+        )
+    if chunk_size not in ("auto", None):
+        raise ValueError(f"{caller}: `chunk_size` does not apply to collocation terms.")
+    if solver.variable_projection:
+        raise ValueError(f"{caller}: variable_projection=True does not apply to collocation "
+                         "terms.")
 
 
 def check_weights(weights, shape: tuple, dtype, caller: str, solver: SNR | None = None):

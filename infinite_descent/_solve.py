@@ -197,6 +197,10 @@ def solve(
     - ``x``: inputs, shape ``(N, dim)``; ``y``: targets, shape ``(N,)``. Or ``x`` a
       `GridData` (tensor-grid data) and no ``y``: for AION the model evaluation and
       ``J^T J`` then cost in proportion to the sum of the grid sizes, not their product.
+      Or ``x`` a `Collocation` or a list of them and no ``y``: the model is fitted to the
+      weighted sum of their squared residuals (a differential equation, its boundary and
+      initial conditions); ``weights`` and ``chunk_size`` do not apply (each term has its
+      ``weight``; the residuals are taken whole).
     - ``solver``: an `SNR` (the algorithm: linear solver, Hessian, damping, geodesic
       acceleration, tolerances). Instead, the keywords `SNR` takes may be given here
       directly (``linear_solver="cg"``, ``hessian="exact"``, ``ftol=...``, ...), not both.

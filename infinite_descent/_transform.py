@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 from jaxtyping import Array, Float, Int
 
-from ._checks import check_model
+from ._checks import as_collocation, check_model
 from ._least_squares import is_parameter, least_squares
 from ._options import check_max_steps, prepare, solver_from
 from ._problems._grid import GridData
@@ -74,6 +74,9 @@ def solve_once(
     ``grad Phi(params + delta) = 0`` on the batch ``(x, y)`` with `solve` and returns
     ``delta*``, so ``optax.apply_updates(params, updates)`` (or ``eqx.apply_updates``) lands on
     the solved model. ``params`` is the model (an `AION` or any `AbstractSumOfTerms`).
+
+    Physics-informed residuals go in place of the data: ``update(updates, state, params, *,
+    x=terms)`` with ``terms`` a `Collocation` or a list of them (and no ``y``).
 
     For any other model, pass the residuals instead of the data:
     ``update(updates, state, params, *, residual_fn)`` with ``residual_fn(params)`` returning
@@ -144,7 +147,8 @@ def solve_once(
             )
             before = params
         else:
-            if x is None or (y is None and not isinstance(x, GridData)):
+            if x is None or (y is None and not isinstance(x, GridData)
+                             and as_collocation(x, f"{caller}.update") is None):
                 raise TypeError(
                     f"{caller}.update: pass the data as keywords, `update(..., x=x, y=y)` (or "
                     "`x=GridData(...)` alone), or a residual function, "

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import equinox as eqx
@@ -187,3 +188,71 @@ class AION(AbstractSumOfTerms):
         """One rank ``T_j(x) = prod_i psi_ji(x_i)``, on a module holding that rank only."""
         e = atom_exponentials(self.alpha, self.omega, self.phi, x)  # (d, P)
         return jnp.prod(jnp.sum(self.A * jnp.real(e), axis=-1))
+
+
+def derivative_closed_form(order: tuple, params: tuple, x: Array) -> Array:
+    r"""The mixed partial derivative ``D^k f(x)`` of an AION at one point, in closed form.
+
+    Differentiating an atom term ``A e^{(alpha + i omega) t + i phi}`` in its own variable
+    multiplies it by ``z = alpha + i omega``, so ``D^k f`` is the AION whose terms in dimension
+    ``i`` are multiplied by ``z^{k_i}``:
+
+    $$
+    D^k f(x) = \sum_j \prod_i \operatorname{Re} \sum_p A_{jip}\, z_{jip}^{k_i}\,
+        e^{z_{jip} x_i + i \varphi_{jip}} .
+    $$
+
+    ``order`` is the multi-index ``k`` (one non-negative integer per dimension, static),
+    ``params`` the arrays ``(A, alpha, omega, phi)`` of shape ``(r, d', P)``, ``x`` one point
+    ``(d,)``. Cost: ``r d P`` complex exponentials, the same for every order.
+    """
+    A, alpha, omega, phi = params
+    xs = x[None, :, None]
+    e = complex_exp(alpha * xs, omega * xs + phi)  # (r, d, P)
+    re, im = A * jnp.real(e), A * jnp.imag(e)
+    if any(order):
+        z = jax.lax.complex(alpha, omega)
+        shared = alpha.shape[1] == 1
+        powers = [
+            jnp.ones_like(z[:, :1]) if k == 0 else z[:, (0 if shared else i):][:, :1] ** k
+            for i, k in enumerate(order)
+        ]
+        c = jax.lax.complex(re, im) * jnp.concatenate(powers, axis=1)
+        re = jnp.real(c)
+    psi = jnp.sum(re, axis=-1)  # (r, d)
+    return jnp.sum(jnp.prod(psi, axis=-1))
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def derivative(order: tuple, params: tuple, x: Array) -> Array:
+    """``D^k f(x)`` of an AION (see `derivative_closed_form`), differentiable in ``x`` in
+    closed form to any order.
+
+    Its derivative in ``x_i`` is ``derivative(k + e_i, ...)``, itself this function, so
+    ``jax.grad``, ``jax.hessian`` and higher derivatives in ``x`` never differentiate the
+    exponentials: each is the closed form of its order. Derivatives in the parameters are
+    those of the closed form.
+    """
+    return derivative_closed_form(order, params, x)
+
+
+def _derivative_jvp(order, primals, tangents):
+    params, x = primals
+    d_params, d_x = tangents
+    value = derivative(order, params, x)
+    tangent = jnp.zeros_like(value)
+    # Symbolic zeros: a derivative in x alone skips the parameters' part, and back.
+    moved = [not isinstance(t, jax.custom_derivatives.SymbolicZero) for t in d_params]
+    if any(moved):
+        d_params = tuple(t if m else jnp.zeros(t.shape, t.dtype)
+                         for t, m in zip(d_params, moved))
+        tangent = jax.jvp(lambda p: derivative_closed_form(order, p, x), (params,),
+                          (d_params,))[1]
+    if not isinstance(d_x, jax.custom_derivatives.SymbolicZero):
+        for i in range(x.shape[0]):
+            raised = tuple(k + (j == i) for j, k in enumerate(order))
+            tangent = tangent + d_x[i] * derivative(raised, params, x)
+    return value, tangent
+
+
+derivative.defjvp(_derivative_jvp, symbolic_zeros=True)

@@ -5,7 +5,9 @@
 - `_aion`: AION through its resummation; `_gaussian`: `GaussianAtoms` through theirs;
 - `_autodiff`: any `AbstractSumOfTerms` model by automatic differentiation;
 - `_grid`: AION on tensor-grid data (`GridData`), through the Kronecker structure;
-- `_projection`: AION with the first dimension's linear parameters projected out.
+- `_projection`: AION with the first dimension's linear parameters projected out;
+- `_collocation`: physics-informed residuals (`Collocation`) of any sum-of-terms model, in
+  closed form for AION.
 
 `_select.make_problem` picks the fastest one for a model and its data.
 """

@@ -104,6 +104,20 @@ class AbstractProblem(eqx.Module):
         """The model ``like`` with its parameters set to ``theta`` (this layout)."""
 
 
+def residual_jacobian(residuals, delta: Array, num_data: int) -> tuple[Array, Array]:
+    """``(r, J)`` of a residual function of the flat shift with ``num_data`` residuals:
+    forward mode (``M`` tangents) when there are at most as many parameters as residuals,
+    reverse mode (``N`` cotangents) otherwise."""
+    flat = delta.reshape(-1)
+    if flat.shape[0] <= num_data:
+        r, jvp = jax.linearize(residuals, flat)
+        jac = jax.vmap(jvp, out_axes=1)(jnp.eye(flat.shape[0], dtype=flat.dtype))
+    else:
+        r, vjp = jax.vjp(residuals, flat)
+        jac = jax.vmap(lambda c: vjp(c)[0])(jnp.eye(r.shape[0], dtype=r.dtype))
+    return r, jac
+
+
 def residual_gram_matvec(residuals, delta: Array, v: Array) -> Array:
     """``J^T (J v)`` of a residual function of the flat shift, by a JVP and a VJP."""
     flat = delta.reshape(-1)

@@ -15,6 +15,7 @@ from ._base import (
     NormalEquations,
     residual_geodesic_rhs,
     residual_gram_matvec,
+    residual_jacobian,
 )
 
 
@@ -50,18 +51,7 @@ class ResidualProblem(AbstractProblem):
 
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         """``(r, J)`` at ``theta + delta``, forward or reverse mode by the shapes."""
-        flat = delta.reshape(-1)
-
-        def res(d):
-            return self.residuals(d)
-
-        if self.num_params <= self.num_data:
-            r, jvp = jax.linearize(res, flat)
-            jac = jax.vmap(jvp, out_axes=1)(jnp.eye(flat.shape[0], dtype=flat.dtype))
-        else:
-            r, vjp = jax.vjp(res, flat)
-            jac = jax.vmap(lambda c: vjp(c)[0])(jnp.eye(r.shape[0], dtype=r.dtype))
-        return r, jac
+        return residual_jacobian(self.residuals, delta, self.num_data)
 
     def data_finite(self) -> Bool[Array, ""]:
         leaves = [a for a in jax.tree.leaves(self.args) if eqx.is_inexact_array(a)]

@@ -10,6 +10,7 @@ from .._models._gaussian import GaussianAtoms
 from ._aion import AIONResummation
 from ._autodiff import AutodiffProblem
 from ._base import AbstractProblem
+from ._collocation import Collocation, CollocationProblem
 from ._gaussian import GaussianResummation
 from ._grid import GridData, GridResummation
 from ._projection import ProjectedAION
@@ -20,8 +21,12 @@ def make_problem(model: AbstractSumOfTerms, x, y, chunk_size: int | None = None,
                  projection: bool = False, weights=None) -> AbstractProblem:
     """The fastest problem for ``model`` on ``(x, y)``: variable projection when asked; a
     resummation where the model has one (AION, GaussianAtoms; AION on a grid through its
-    Kronecker structure, unweighted); a sum of models part by part; autodiff otherwise. ``weights`` (per point, ``w_n >= 0``)
-    make ``Phi = sum_n w_n (f(x_n) - y_n)^2``; grid data with weights are used as points."""
+    Kronecker structure, unweighted); a sum of models part by part; autodiff otherwise.
+    ``weights`` (per point, ``w_n >= 0``) make ``Phi = sum_n w_n (f(x_n) - y_n)^2``; grid data
+    with weights are used as points. ``x`` a tuple of `Collocation` terms (and no ``y``):
+    their physics-informed residuals."""
+    if isinstance(x, tuple) and x and isinstance(x[0], Collocation):
+        return CollocationProblem(model, x)
     if projection:
         return ProjectedAION(model, x, y)
     if isinstance(x, GridData):

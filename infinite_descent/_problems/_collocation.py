@@ -1,0 +1,266 @@
+r"""Physics-informed residuals: a model fitted to equations in its own derivatives.
+
+A collocation term is a set of points and a pointwise residual ``residual(u, x)``, written
+with JAX's derivatives of ``u``, the model as a function of one point. The problem is the
+weighted sum of the squared residuals of every term,
+
+$$
+\Phi(\Theta) = \sum_t w_t \sum_{n} \rho_t\bigl(u_\Theta, x_{tn}\bigr)^2 ,
+$$
+
+a least-squares problem whose residuals are nonlinear in the model's parameters but, for a
+linear differential operator, linear in the model. For an AION, ``u`` is its closed form
+(`derivative` in the model's module): every derivative in ``x`` is again an AION with each
+term multiplied by a power of its exponent, so no derivative in ``x`` ever differentiates an
+exponential. For any other sum-of-terms model ``u`` is the model itself (automatic
+differentiation).
+
+The parameters keep the layout of the model's own problem (an AION's ``(rank, 4, d', P)``,
+a sum of terms' ``(terms, m)``), so ``trainable``, ``fix_gauge`` and ``bounds`` apply as they
+do to data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, Bool
+
+from .._models._aion import AION, derivative
+from .._models._base import AbstractSumOfTerms
+from ._aion import stack_params, unstack_params
+from ._autodiff import stack_terms, unstack_terms
+from ._base import (
+    AbstractProblem,
+    NormalEquations,
+    residual_geodesic_rhs,
+    residual_gram_matvec,
+    residual_jacobian,
+)
+
+
+def _is_concrete(array) -> bool:
+    return not isinstance(array, jax.core.Tracer)
+
+
+class Collocation(eqx.Module):
+    r"""One set of physics-informed residuals: ``residual(u, x)`` at every point ``x`` of
+    ``points``, its square weighted by ``weight``.
+
+    ``u`` is the model as a function of one point ``x`` of shape ``(dim,)`` returning a
+    scalar; write the residual with JAX's own derivatives of it: ``jax.grad(u)(x)``,
+    ``jax.hessian(u)(x)``, ``jnp.trace(jax.hessian(u)(x))`` (the Laplacian), a time derivative
+    as the derivative in one input, and any pointwise nonlinearity of them. Boundary and
+    initial conditions are terms like any other: a Dirichlet condition ``u(x) - g(x)``, a
+    Neumann or Robin one ``jax.grad(u)(x) @ n - g(x)``.
+
+    Give a list of terms to [`solve`][infinite_descent.solve] in place of the data (and no
+    ``y``): it minimises
+
+    $$
+    \Phi = \sum_{\text{terms}} \sum_{n} w_n\, \mathrm{residual}(u, x_n)^2 .
+    $$
+
+    For an `AION` every derivative of ``u`` in ``x`` comes from the closed form (the
+    derivative of an atom term in its variable multiplies it by ``alpha + i omega``), exact to
+    rounding at any parameters; for any other model, from automatic differentiation.
+
+    **Arguments:**
+
+    - ``points``: the collocation points, shape ``(n, dim)``, real and finite. They are taken
+      as a list of points (a tensor grid is given as its points).
+    - ``residual``: a function ``residual(u, x) -> scalar``.
+    - ``weight``: ``w >= 0``, one number or one per point (shape ``(n,)``); default 1.
+
+    ```python
+    import numpy as np
+    t = jnp.linspace(0.0, 1.0, 12)[:, None]
+    # u' = u with u(0) = 1: the solution is e^t, one atom term with alpha = 1.
+    ode = idn.Collocation(t, lambda u, x: jax.grad(u)(x)[0] - u(x))
+    start = idn.Collocation(jnp.zeros((1, 1)), lambda u, x: u(x) - 1.0, weight=10.0)
+    fit, info = idn.solve(idn.AION(1, 1, 1, key=jax.random.key(0)), [ode, start])
+    print(float(fit(jnp.ones(1))), np.e)                # 2.718281828... both
+    ```
+    """
+
+    points: Array
+    weight: Array
+    residual: Callable = eqx.field(static=True)
+
+    def __init__(self, points, residual, weight=1.0):
+        if not callable(residual):
+            raise TypeError(
+                "Collocation: `residual` must be a function `residual(u, x) -> scalar`, got "
+                f"{type(residual).__name__}."
+            )
+        array = points if isinstance(points, (jax.Array, np.ndarray)) else np.asarray(points)
+        if not (jnp.issubdtype(array.dtype, jnp.floating)
+                or jnp.issubdtype(array.dtype, jnp.integer)):
+            raise TypeError(f"Collocation: `points` must be real numbers, got dtype "
+                            f"{array.dtype}.")
+        if array.ndim != 2 or array.shape[0] == 0 or array.shape[1] == 0:
+            hint = " (for one-dimensional inputs use `points[:, None]`)" if array.ndim == 1 else ""
+            raise ValueError(
+                "Collocation: `points` must have shape (n, dim) with n >= 1, got "
+                f"{tuple(array.shape)}{hint}."
+            )
+        if not jnp.issubdtype(array.dtype, jnp.floating):
+            array = array.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+        points = jnp.asarray(array)
+        if _is_concrete(points) and not bool(jnp.all(jnp.isfinite(points))):
+            raise ValueError("Collocation: `points` contains NaN or Inf.")
+        w = weight if isinstance(weight, (jax.Array, np.ndarray)) else np.asarray(weight)
+        if isinstance(weight, (bool, np.bool_)) or not (
+            jnp.issubdtype(w.dtype, jnp.floating) or jnp.issubdtype(w.dtype, jnp.integer)
+        ):
+            raise TypeError(f"Collocation: `weight` must be a real number or array, got "
+                            f"{weight!r}.")
+        if w.shape not in ((), (points.shape[0],)):
+            raise ValueError(
+                "Collocation: `weight` must be one number or one per point, shape "
+                f"({points.shape[0]},), got shape {tuple(w.shape)}."
+            )
+        w = jnp.asarray(w, points.dtype)
+        if _is_concrete(w) and not bool(jnp.all(jnp.isfinite(w) & (w >= 0))):
+            raise ValueError("Collocation: `weight` must be finite and >= 0.")
+        self.points = points
+        self.weight = w
+        self.residual = residual
+
+    @property
+    def num_points(self) -> int:
+        return self.points.shape[0]
+
+
+def collocation_terms(x) -> tuple[Collocation, ...] | None:
+    """``x`` as a tuple of `Collocation` terms when it is one or a list of them, ``None``
+    when it holds none (data). A list that mixes terms with anything else is a
+    ``TypeError``."""
+    if isinstance(x, Collocation):
+        return (x,)
+    if isinstance(x, (list, tuple)) and any(isinstance(t, Collocation) for t in x):
+        others = [type(t).__name__ for t in x if not isinstance(t, Collocation)]
+        if others:
+            raise TypeError(
+                "the list of collocation terms must hold `Collocation` terms only, got "
+                f"{others[0]} among them."
+            )
+        return tuple(x)
+    return None
+
+
+def pointwise(model: AbstractSumOfTerms) -> Callable:
+    """``u``, the model as a function of one point ``(dim,) -> scalar``, as the residuals of
+    a `Collocation` see it: for an `AION` its closed form, whose derivatives in ``x`` are
+    closed forms too; for any other model the model itself."""
+    if isinstance(model, AION):
+        params = (model.A, model.alpha, model.omega, model.phi)
+        zero = (0,) * model.dim
+
+        def u(x):
+            x = jnp.asarray(x, model.dtype)
+            if x.shape != (model.dim,):
+                raise ValueError(
+                    f"Collocation: `u` takes one point of shape ({model.dim},), got {x.shape}."
+                )
+            return derivative(zero, params, x)
+
+        return u
+    return model
+
+
+def term_residuals(term: Collocation, u: Callable) -> Array:
+    """``sqrt(w_n) residual(u, x_n)`` at every point of ``term``, shape ``(n,)``."""
+    values = jax.vmap(lambda x: term.residual(u, x))(term.points)
+    return jnp.sqrt(term.weight) * values
+
+
+def _diagonal_blocks(matrix: Array, blocks: int) -> Array:
+    m = matrix.shape[0] // blocks
+    shaped = matrix.reshape(blocks, m, blocks, m)
+    return jnp.moveaxis(jnp.diagonal(shaped, axis1=0, axis2=2), -1, 0)
+
+
+class CollocationProblem(AbstractProblem):
+    """The residuals of collocation terms as a least-squares problem over the model's
+    parameters (see the module docstring).
+
+    Residuals: every term's ``sqrt(w) residual(u, x)`` over its points, concatenated
+    (``N`` in all). The Jacobian comes from automatic differentiation in the parameters
+    (forward mode when ``M <= N``), applied to the closed form for an AION; products with
+    ``J^T J`` and the geodesic right-hand side are JVPs and VJPs. The blocks are the model's
+    terms (an AION's ranks); with a nonlinear residual the Hessian's residual-weighted part
+    also couples the terms, and its off-diagonal blocks are not used.
+    """
+
+    model: AbstractSumOfTerms
+    theta: Array
+    terms: tuple
+    num_data: int = eqx.field(static=True)
+
+    def __init__(self, model: AbstractSumOfTerms, terms: tuple):
+        self.model = model
+        self.terms = tuple(terms)
+        params = eqx.filter(model, eqx.is_inexact_array)
+        self.theta = stack_params(params) if isinstance(model, AION) else stack_terms(params)
+        self.num_data = sum(t.points.shape[0] for t in self.terms)
+
+    def residuals(self, delta: Array) -> Array:
+        """Every term's weighted residuals at ``theta + delta``, concatenated: ``(N,)``."""
+        theta = self.theta + delta.reshape(self.theta.shape)
+        u = pointwise(self.to_model(theta, self.model))
+        return jnp.concatenate([term_residuals(t, u) for t in self.terms])
+
+    def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
+        """``(r, J)`` at ``theta + delta``, ``J`` of shape ``(N, M)``."""
+        return residual_jacobian(self.residuals, delta, self.num_data)
+
+    def data_finite(self) -> Bool[Array, ""]:
+        ok = jnp.asarray(True)
+        for t in self.terms:
+            ok = ok & jnp.all(jnp.isfinite(t.points)) & jnp.all(jnp.isfinite(t.weight))
+        return ok
+
+    def data_norm(self) -> Array:
+        return jnp.zeros((), self.theta.dtype)
+
+    def normal_equations(
+        self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
+    ) -> NormalEquations:
+        r, J = self.residual_and_jacobian(delta)
+        G = J.T @ J if (gram or rank_grams) else None
+        return NormalEquations(
+            loss=r @ r, g=r @ J, diag=jnp.sum(J * J, axis=0), gram=G if gram else None,
+            rank_grams=_diagonal_blocks(G, self.theta.shape[0]) if rank_grams else None,
+            jac=J if jac else None,
+        )
+
+    def gram_matvec(self, delta: Array, v: Array) -> Array:
+        return residual_gram_matvec(self.residuals, delta, v)
+
+    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
+        return residual_geodesic_rhs(self.residuals, delta, v)
+
+    def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
+        flat = delta.reshape(-1)
+        r = jax.lax.stop_gradient(self.residuals(flat))
+
+        def weighted(d):
+            value = self.residuals(d)
+            return r @ value if residual_only else 0.5 * value @ value
+
+        return _diagonal_blocks(2 * jax.hessian(weighted)(flat), self.theta.shape[0])
+
+    def stack(self, tree) -> Array:
+        if isinstance(self.model, AION):
+            return stack_params(tree)
+        return stack_terms(tree)
+
+    def to_model(self, theta: Array, like):
+        if isinstance(self.model, AION):
+            return unstack_params(theta, like)
+        return unstack_terms(theta, like)

@@ -1,0 +1,276 @@
+"""Physics-informed residuals (`Collocation`): AION's closed-form derivatives, the residual
+problem, and solves of small boundary-value problems to rounding."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import infinite_descent as idn
+from infinite_descent._checks import check_collocation
+from infinite_descent._models._aion import derivative
+from infinite_descent._problems._collocation import CollocationProblem, pointwise
+
+PI = jnp.pi
+
+
+def relative(a, b):
+    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
+
+
+def shifted_aion(key, rank=3, dim=3, terms=2, shared_dims=False):
+    """A default AION with every parameter moved by an O(1) random amount."""
+    model = idn.AION(rank, dim, terms, key=key, shared_dims=shared_dims)
+    params, static = eqx.partition(model, eqx.is_inexact_array)
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
+    moved = [a + jax.random.uniform(k, a.shape, a.dtype, -1.0, 1.0)
+             for a, k in zip(leaves, keys)]
+    return eqx.combine(jax.tree.unflatten(treedef, moved), static)
+
+
+# -- the closed form ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("shared_dims", [False, True])
+def test_closed_form_derivatives_match_autodiff_of_the_model(shared_dims):
+    model = shifted_aion(jax.random.key(3), shared_dims=shared_dims)
+    params = (model.A, model.alpha, model.omega, model.phi)
+
+    @jax.jit
+    def closed_form_and_autodiff(model, x):
+        u = pointwise(model)
+        ours = (u(x), jax.grad(u)(x), jax.hessian(u)(x), jnp.trace(jax.hessian(u)(x)),
+                jax.jacfwd(jax.hessian(u))(x), jax.jacrev(jax.jacrev(u))(x),
+                derivative((1, 1, 1), params, x))
+        plain = (model(x), jax.grad(model)(x), jax.hessian(model)(x),
+                 jnp.trace(jax.hessian(model)(x)), jax.jacfwd(jax.hessian(model))(x),
+                 jax.hessian(model)(x), jax.jacfwd(jax.hessian(model))(x)[0, 1, 2])
+        return ours, plain
+
+    for x in jax.random.uniform(jax.random.key(4), (3, 3), jnp.float64, -1.0, 1.0):
+        ours, plain = closed_form_and_autodiff(model, x)
+        # value, gradient, Hessian, Laplacian, third derivatives (forward over the Hessian),
+        # reverse over reverse, and one mixed third derivative on its own
+        for a, b in zip(ours, plain):
+            assert relative(a, b) < 1e-12
+
+
+def test_derivatives_in_x_compute_no_new_exponential():
+    model = shifted_aion(jax.random.key(5))
+    u = pointwise(model)
+    x = jnp.array([0.2, -0.4, 0.9])
+
+    def exponentials(fn):
+        return jax.jit(fn).lower(x).compile().as_text().count("exponential(")
+
+    count = exponentials(u)
+    assert count >= 1
+    assert exponentials(jax.hessian(u)) == count
+    assert exponentials(jax.jacfwd(jax.hessian(u))) == count
+
+
+def test_closed_form_under_jit_vmap_and_float32():
+    model = shifted_aion(jax.random.key(6), rank=2, dim=2, terms=2)
+    xs = jax.random.uniform(jax.random.key(7), (5, 2))
+    exact = jax.vmap(jax.hessian(model))(xs)
+    hessians = jax.jit(jax.vmap(jax.hessian(pointwise(model))))(xs)
+    assert relative(hessians, exact) < 1e-12
+    single = jax.tree.map(lambda a: a.astype(jnp.float32) if eqx.is_inexact_array(a) else a,
+                          model)
+    single = idn.AION(2, 2, 2, dtype=jnp.float32, A=single.A, alpha=single.alpha,
+                      omega=single.omega, phi=single.phi)
+    low = jax.jit(jax.vmap(jax.hessian(pointwise(single))))(xs.astype(jnp.float32))
+    assert low.dtype == jnp.float32
+    assert relative(low.astype(jnp.float64), exact) < 1e-4
+
+
+def laplacian_residual(u, x):
+    return -jnp.trace(jax.hessian(u)(x)) - jnp.sin(x[0]) * x[1]
+
+
+def test_parameter_jacobian_of_a_laplacian_residual_matches_autodiff():
+    model = shifted_aion(jax.random.key(8), rank=2, dim=2, terms=2)
+    points = jax.random.uniform(jax.random.key(9), (20, 2))
+    terms = check_collocation(model, (idn.Collocation(points, laplacian_residual, 2.0),),
+                              "test")
+    problem = CollocationProblem(model, terms)
+    delta = 0.3 * jax.random.normal(jax.random.key(10), problem.theta.shape)
+    r, jac = jax.jit(CollocationProblem.residual_and_jacobian)(problem, delta)
+
+    def plain(theta):
+        shifted = problem.to_model(theta, model)
+        values = jax.vmap(lambda x: laplacian_residual(shifted, x))(points)
+        return jnp.sqrt(2.0) * values
+
+    theta = problem.theta + delta
+    assert relative(r, jax.jit(plain)(theta)) < 1e-12
+    expected = jax.jit(jax.jacfwd(plain))(theta).reshape(points.shape[0], -1)
+    assert relative(jac, expected) < 1e-12
+
+
+# -- solves ------------------------------------------------------------------------------------
+
+# u = sin(pi x) sin(pi y) + e^x cos(y) on [0, 1]^2: a sum of two separable products.
+
+
+def exact(x):
+    return jnp.sin(PI * x[0]) * jnp.sin(PI * x[1]) + jnp.exp(x[0]) * jnp.cos(x[1])
+
+
+def source(x):
+    return 2 * PI**2 * jnp.sin(PI * x[0]) * jnp.sin(PI * x[1])  # -Lap of exact
+
+
+def poisson(u, x):
+    return -jnp.trace(jax.hessian(u)(x)) - source(x)
+
+
+def dirichlet(u, x):
+    return u(x) - exact(x)
+
+
+def nonlinear(u, x):
+    return -jnp.trace(jax.hessian(u)(x)) + jnp.sinh(u(x)) - source(x) - jnp.sinh(exact(x))
+
+
+def neumann_right(u, x):  # outward normal (1, 0) on the edge x = 1
+    return jax.grad(u)(x)[0] - jax.grad(exact)(x)[0]
+
+
+def square_points(n=8):
+    g = (jnp.arange(n, dtype=jnp.float64) + 0.5) / n
+    X, Y = jnp.meshgrid(g, g, indexing="ij")
+    interior = jnp.stack([X.ravel(), Y.ravel()], axis=1)
+    s = jnp.linspace(0.0, 1.0, n + 1)[:-1]
+    zero, one = jnp.zeros_like(s), jnp.ones_like(s)
+    edges = {"bottom": (s, zero), "right": (one, s + 0.5 / n), "top": (1 - s, one),
+             "left": (zero, 1 - s)}
+    return interior, {k: jnp.stack(v, axis=1) for k, v in edges.items()}
+
+
+def relative_l2_error(model):
+    test = jax.random.uniform(jax.random.key(99), (400, 2))
+    truth = jax.vmap(exact)(test)
+    return float(jnp.linalg.norm(jax.vmap(model)(test) - truth) / jnp.linalg.norm(truth))
+
+
+def dirichlet_terms():
+    interior, edges = square_points()
+    boundary = jnp.concatenate(list(edges.values()))
+    return [idn.Collocation(interior, poisson), idn.Collocation(boundary, dirichlet)]
+
+
+def test_poisson_with_dirichlet_boundary_is_solved_to_rounding():
+    start = idn.AION(2, 2, 1, key=jax.random.key(0))
+    model, info = idn.solve(start, dirichlet_terms())
+    assert bool(info.converged)
+    assert float(info.loss) < 1e-20
+    assert relative_l2_error(model) < 1e-10
+    assert isinstance(model, idn.AION) and model.rank == 2
+
+
+def test_nonlinear_equation_is_solved_to_rounding():
+    interior, edges = square_points()
+    boundary = jnp.concatenate(list(edges.values()))
+    terms = [idn.Collocation(interior, nonlinear), idn.Collocation(boundary, dirichlet)]
+    model, info = idn.solve(idn.AION(2, 2, 1, key=jax.random.key(1)), terms)
+    assert relative_l2_error(model) < 1e-10
+
+
+def test_neumann_boundary_and_per_point_weights():
+    interior, edges = square_points()
+    dirichlet_part = jnp.concatenate([edges["bottom"], edges["top"], edges["left"]])
+    weights = jnp.full(dirichlet_part.shape[0], 4.0)
+    terms = [idn.Collocation(interior, poisson),
+             idn.Collocation(dirichlet_part, dirichlet, weights),
+             idn.Collocation(edges["right"], neumann_right, weight=0.5)]
+    model, info = idn.solve(idn.AION(2, 2, 1, key=jax.random.key(0)), terms)
+    assert relative_l2_error(model) < 1e-10
+
+
+def test_trainable_and_fix_gauge_apply_to_collocation():
+    start = idn.AION(2, 2, 1, key=jax.random.key(0))
+    frozen = eqx.tree_at(lambda m: m.omega, jax.tree.map(lambda _: True, start),
+                         jnp.zeros(start.omega.shape, bool))
+    model, info = idn.solve(start, dirichlet_terms(), trainable=frozen, throw=False)
+    assert bool(jnp.all(model.omega == start.omega))
+    assert float(info.loss) < 0.5 * float(info.initial_loss)
+    model, info = idn.solve(start, dirichlet_terms(), fix_gauge=True)
+    assert relative_l2_error(model) < 1e-10
+
+
+def test_solve_once_and_expand_take_collocation_terms():
+    terms = dirichlet_terms()
+    start = idn.AION(2, 2, 1, key=jax.random.key(0))
+    opt = idn.solve_once()
+    updates, state = opt.update(None, opt.init(start), start, x=terms)
+    model = eqx.apply_updates(start, updates)
+    assert float(state.loss_after) < 1e-20
+    assert relative_l2_error(model) < 1e-10
+
+    grown, history = idn.expand(idn.AION(1, 2, 1, key=jax.random.key(0)), terms, max_terms=3,
+                                target_loss=1e-20, key=jax.random.key(1))
+    assert [h.terms for h in history][0] == 1
+    assert history[-1].loss <= 1e-20
+    assert grown.rank == 2  # the exact solution's rank
+    assert relative_l2_error(grown) < 1e-10
+
+
+def ode(u, x):
+    return -jax.hessian(u)(x)[0, 0] - PI**2 * jnp.sin(PI * x[0])
+
+
+def ends(u, x):
+    return u(x)
+
+
+def test_other_models_through_autodiff():
+    t = jnp.linspace(0.0, 1.0, 24)[:, None]
+    terms = [idn.Collocation(t, ode), idn.Collocation(jnp.array([[0.0], [1.0]]), ends, 10.0)]
+    start = idn.ShallowNetwork(6, 1, key=jax.random.key(2))
+    model, info = idn.solve(start, terms, throw=False, max_steps=400)
+    assert float(info.loss) < 1e-6 * float(info.initial_loss)
+    grid = jnp.linspace(0.0, 1.0, 50)[:, None]
+    error = jnp.max(jnp.abs(jax.vmap(model)(grid) - jnp.sin(PI * grid[:, 0])))
+    assert float(error) < 1e-3
+    # the same residuals as automatic differentiation of the model itself
+    problem = CollocationProblem(start, check_collocation(start, tuple(terms), "test"))
+    r = problem.residuals(jnp.zeros(problem.num_params))
+    assert relative(r[:24], jax.vmap(lambda x: ode(start, x))(t)) < 1e-14
+
+
+# -- bad input ---------------------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_with_clear_errors():
+    model = idn.AION(1, 2, 1, key=jax.random.key(0))
+    points = jnp.zeros((3, 2))
+    term = idn.Collocation(points, dirichlet)
+    with pytest.raises(TypeError, match="no `y`"):
+        idn.solve(model, [term], jnp.zeros(3))
+    with pytest.raises(TypeError, match="weights"):
+        idn.solve(model, [term], weights=jnp.ones(3))
+    with pytest.raises(TypeError, match="Collocation` terms only"):
+        idn.solve(model, [term, points])
+    with pytest.raises(ValueError, match="dim=2"):
+        idn.solve(model, idn.Collocation(jnp.zeros((3, 1)), dirichlet))
+    with pytest.raises(ValueError, match="must return a scalar"):
+        idn.solve(model, idn.Collocation(points, lambda u, x: jax.grad(u)(x)))
+    with pytest.raises(ValueError, match="`points` must have shape"):
+        idn.Collocation(jnp.zeros(3), dirichlet)
+    with pytest.raises(ValueError, match="NaN"):
+        idn.Collocation(jnp.array([[0.0, np.nan]]), dirichlet)
+    with pytest.raises(TypeError, match="`points` must be real"):
+        idn.Collocation(jnp.zeros((2, 2), jnp.complex128), dirichlet)
+    with pytest.raises(ValueError, match="`weight` must be finite and >= 0"):
+        idn.Collocation(points, dirichlet, weight=-1.0)
+    with pytest.raises(ValueError, match="one per point"):
+        idn.Collocation(points, dirichlet, weight=jnp.ones(4))
+    with pytest.raises(TypeError, match="`residual` must be a function"):
+        idn.Collocation(points, "u(x)")
+    with pytest.raises(ValueError, match="chunk_size"):
+        idn.solve(model, term, chunk_size=2)
+    with pytest.raises(TypeError, match="no `y`"):
+        idn.expand(model, term, jnp.zeros(3), max_terms=2, key=jax.random.key(0))
