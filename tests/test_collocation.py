@@ -274,3 +274,26 @@ def test_bad_input_is_refused_with_clear_errors():
         idn.solve(model, term, chunk_size=2)
     with pytest.raises(TypeError, match="no `y`"):
         idn.expand(model, term, jnp.zeros(3), max_terms=2, key=jax.random.key(0))
+
+
+def test_a_sum_of_models_on_collocation_terms():
+    """A `ModelSum` (an AION decay plus a Gaussian bump) on an ODE and its two boundary
+    values: the AION part by its closed form, the Gaussian by autodiff, fitted together."""
+    def exact(p):
+        return jnp.exp(-p[0]) + 0.5 * jnp.exp(-4.0 * (p[0] - 0.5) ** 2)
+
+    def ode(u, p):
+        return jax.hessian(u)(p)[0, 0] - jax.hessian(exact)(p)[0, 0]
+
+    inside = jnp.linspace(0.0, 1.0, 40)[:, None]
+    ends = jnp.array([[0.0], [1.0]])
+    terms = [idn.Collocation(inside, ode),
+             idn.Collocation(ends, lambda u, p: u(p) - exact(p), weight=10.0)]
+    start = (idn.AION(1, 1, 1, A=1.2, alpha=-0.8, omega=0.0, phi=0.0)
+             + idn.GaussianAtoms(1, 1, 1, A=0.4, a=3.0, m=0.45))
+    fit, info = idn.solve(start, terms, max_steps=200)
+    assert isinstance(fit, idn.ModelSum)
+    test = jnp.linspace(0.0, 1.0, 101)[:, None]
+    truth = jax.vmap(exact)(test)
+    error = jnp.linalg.norm(jax.vmap(fit)(test) - truth) / jnp.linalg.norm(truth)
+    assert float(error) < 1e-9, (float(error), int(info.inner_steps))

@@ -22,6 +22,8 @@ do to data.
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Callable
 
 import equinox as eqx
@@ -31,7 +33,7 @@ import numpy as np
 from jaxtyping import Array, Bool
 
 from .._models._aion import AION, derivative
-from .._models._base import AbstractSumOfTerms
+from .._models._base import AbstractSumOfTerms, ModelSum
 from ._aion import stack_params, unstack_params
 from ._autodiff import stack_terms, unstack_terms
 from ._base import (
@@ -170,7 +172,37 @@ def pointwise(model: AbstractSumOfTerms) -> Callable:
             return derivative(zero, params, x)
 
         return u
+    if isinstance(model, ModelSum):
+        parts = [pointwise(part) for part in model.parts]
+        return lambda x: sum(u(x) for u in parts)
     return model
+
+
+def stack_layout(tree, model) -> Array:
+    """A pytree shaped like ``model``'s parameters in the layout of its problem: an AION's
+    ``(rank, 4, d', P)``, a sum's parts one after another in one block, else by terms."""
+    if isinstance(model, AION):
+        return stack_params(tree)
+    if isinstance(model, ModelSum):
+        return jnp.concatenate([stack_layout(t, part).reshape(-1)
+                                for t, part in zip(tree.parts, model.parts)])[None]
+    return stack_terms(tree)
+
+
+def unstack_layout(theta: Array, like, model):
+    """Inverse of `stack_layout`: ``theta`` written into ``like``."""
+    if isinstance(model, AION):
+        return unstack_params(theta, like)
+    if isinstance(model, ModelSum):
+        flat, parts, start = theta.reshape(-1), [], 0
+        for part_like, part in zip(like.parts, model.parts):
+            shape = stack_layout(eqx.filter(part, eqx.is_inexact_array), part).shape
+            size = math.prod(shape)
+            parts.append(unstack_layout(flat[start:start + size].reshape(shape), part_like,
+                                        part))
+            start += size
+        return eqx.tree_at(lambda m: m.parts, like, tuple(parts))
+    return unstack_terms(theta, like)
 
 
 def term_residuals(term: Collocation, u: Callable) -> Array:
@@ -206,7 +238,7 @@ class CollocationProblem(AbstractProblem):
         self.model = model
         self.terms = tuple(terms)
         params = eqx.filter(model, eqx.is_inexact_array)
-        self.theta = stack_params(params) if isinstance(model, AION) else stack_terms(params)
+        self.theta = stack_layout(params, model)
         self.num_data = sum(t.points.shape[0] for t in self.terms)
 
     def residuals(self, delta: Array) -> Array:
@@ -256,11 +288,7 @@ class CollocationProblem(AbstractProblem):
         return _diagonal_blocks(2 * jax.hessian(weighted)(flat), self.theta.shape[0])
 
     def stack(self, tree) -> Array:
-        if isinstance(self.model, AION):
-            return stack_params(tree)
-        return stack_terms(tree)
+        return stack_layout(tree, self.model)
 
     def to_model(self, theta: Array, like):
-        if isinstance(self.model, AION):
-            return unstack_params(theta, like)
-        return unstack_terms(theta, like)
+        return unstack_layout(theta, like, self.model)
