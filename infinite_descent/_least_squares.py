@@ -14,10 +14,12 @@ from ._batched import count_fits, full_axes, run_batched
 from ._checks import is_concrete
 from ._options import (
     RunOptions,
+    Runtime,
     check_bounds,
     check_loss,
     check_max_steps,
     flag,
+    runtime_values,
     solver_from,
     strictly_feasible,
 )
@@ -122,9 +124,9 @@ class _OneFit(eqx.Module):
 
 @eqx.filter_jit
 def _run(fn, params, static, args, regularization, loss, run: RunOptions, solver: SNR,
-         bounds):
+         bounds, runtime: Runtime):
     solved, info = solve_one(fn, params, static, args, regularization, loss, run, solver,
-                             bounds)
+                             bounds, *runtime)
     return eqx.combine(solved, static), info
 
 
@@ -220,7 +222,7 @@ def least_squares(
     caller = "least_squares"
     if not callable(fn):
         raise TypeError(f"{caller}: `fn` must be callable, got {type(fn).__name__}.")
-    keywords = dict(solver_options)
+    keywords, max_steps, runtime = runtime_values(caller, solver_options, max_steps)
     if rtol is not None:
         keywords.update(ftol=rtol, xtol=rtol)
     if atol is not None:
@@ -263,6 +265,9 @@ def least_squares(
         )
     bounds = check_bounds(bounds, params, caller, solver_now)
     if batched:
+        if runtime.initial_damping is not None or runtime.step_limit is not None:
+            raise TypeError(f"{caller}: batched=True takes `initial_damping` and `max_steps` as "
+                            "numbers, not JAX arrays.")
         if record_history or verbose:
             raise ValueError(f"{caller}: batched=True records no history and prints nothing "
                              "(a segmented batch has no one sequence of iterates).")
@@ -283,8 +288,11 @@ def least_squares(
             raise RuntimeError(f"{caller}: {failed} of {size} fits were not successful (see "
                                "`info.result`); pass throw=False to keep them as they are.")
         return solved, info
+    if record_history and runtime.step_limit is not None:
+        raise ValueError(f"{caller}: record_history=True needs `max_steps` as a number (the "
+                         "history's length is fixed when the loop compiles), not an array.")
     solved, info = _run(fn, params, static, args, regularization, (loss, f_scale), run,
-                        solver_now, bounds)
+                        solver_now, bounds, runtime)
     if flag(throw, "throw", caller):
         solved = raise_unless_successful(solved, info, caller)
     return solved, info

@@ -45,6 +45,51 @@ MAX_STEPS_LIMIT = 2**31 - 2  # the counters are int32
 DEFAULT_SOLVER = SNR()
 
 
+class Runtime(NamedTuple):
+    """Hyperparameters given as JAX arrays, read when the compiled loop runs rather than
+    compiled in, so that a schedule (``optax.inject_hyperparams``) changes them without a
+    recompilation: the initial damping and a limit on the inner iterations."""
+
+    initial_damping: jax.Array | None = None
+    step_limit: jax.Array | None = None
+
+
+def runtime_values(caller: str, keywords: dict, max_steps):
+    """Split the hyperparameters that may be JAX arrays (``initial_damping``, ``max_steps``)
+    off the solver keywords: ``(keywords, max_steps, Runtime)``. Every other option
+    configures the compiled loop and must be known before tracing; a traced one is refused
+    with the way out."""
+    keywords = dict(keywords)
+    damping = keywords.get("initial_damping")
+    runtime_damping = None
+    if isinstance(damping, jax.Array):
+        del keywords["initial_damping"]
+        if damping.ndim != 0 or not jnp.issubdtype(damping.dtype, jnp.floating):
+            raise TypeError(f"{caller}: `initial_damping` must be a real scalar, got an array of "
+                            f"shape {damping.shape} and dtype {damping.dtype}.")
+        if is_concrete(damping) and not (0 < float(damping) < np.inf):
+            raise ValueError(f"{caller}: `initial_damping` must be finite and > 0, got "
+                             f"{float(damping)!r}.")
+        runtime_damping = damping
+    limit = None
+    if isinstance(max_steps, jax.Array):
+        if max_steps.ndim != 0 or not jnp.issubdtype(max_steps.dtype, jnp.integer):
+            raise TypeError(f"{caller}: `max_steps` must be an integer scalar, got an array of "
+                            f"shape {max_steps.shape} and dtype {max_steps.dtype}.")
+        if is_concrete(max_steps):
+            check_max_steps(int(max_steps), caller)
+        limit, max_steps = max_steps, MAX_STEPS_LIMIT
+    for name, value in keywords.items():
+        if isinstance(value, jax.core.Tracer):
+            raise TypeError(
+                f"{caller}: `{name}` configures the compiled loop and must be known before "
+                "tracing (a number, not a traced array); only `initial_damping` and "
+                "`max_steps` may be traced (and so scheduled, e.g. by "
+                "`optax.inject_hyperparams`)."
+            )
+    return keywords, max_steps, Runtime(runtime_damping, limit)
+
+
 def solver_from(solver: SNR | None, caller: str, keywords: dict) -> SNR:
     """The `SNR` an entry point runs: ``solver`` itself, or one built from the keywords `SNR`
     takes. An unknown keyword fails here, at the call, with the names it could mean."""
@@ -170,7 +215,7 @@ def _chunk_size(chunk_size, num_data, num_params, itemsize, caller):
 
 def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=None,
             throw=False, chunk_size="auto", record_history=False, verbose=False,
-            weights=None, regularization=None, bounds=None) -> Prepared:
+            weights=None, regularization=None, bounds=None, step_limit=None) -> Prepared:
     """Check a call's model, data and run options; resolve the solver for the problem's size.
     Cheap: shapes and dtypes in Python, one fused finiteness reduction outside ``jit``."""
     check_model(model, caller)
@@ -199,6 +244,9 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
         check_finite(caller, model, {"x": x, "y": y}, {"x": original_x, "y": original_y}, dtype)
         num_data = x.shape[0]
     itemsize = dtype.itemsize
+    if record_history and step_limit is not None:
+        raise ValueError(f"{caller}: record_history=True needs `max_steps` as a number (the "
+                         "history's length is fixed when the loop compiles), not an array.")
     if record_history and (max_steps + 1) * num_params * itemsize > memory_budget_bytes():
         raise ValueError(
             f"{caller}: record_history=True with max_steps={max_steps} would keep "

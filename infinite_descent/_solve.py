@@ -9,7 +9,15 @@ import jax.numpy as jnp
 from ._models._aion import AION
 from ._models._base import AbstractSumOfTerms, ModelSum
 from ._checks import is_concrete
-from ._options import Prepared, RunOptions, prepare, solver_from, strictly_feasible
+from ._options import (
+    Prepared,
+    RunOptions,
+    Runtime,
+    prepare,
+    runtime_values,
+    solver_from,
+    strictly_feasible,
+)
 from ._problems._base import AbstractProblem
 from ._problems._regularized import regularized
 from ._problems._select import make_problem
@@ -107,7 +115,7 @@ def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: S
 
 
 def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, weights=None,
-              regularization=None, initial_damping=None, bounds=None):
+              regularization=None, initial_damping=None, bounds=None, step_limit=None):
     """The traced body of a solve: the problem, its mask, the loop, the solved model and its
     `SolveInfo`. Shared by `solve`, `solve_once` and `multistart` (under ``vmap``)."""
     params, static = eqx.partition(model, eqx.is_inexact_array)
@@ -122,14 +130,15 @@ def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, weights=None
         mask = problem.stack(jax.tree.map(jnp.asarray, trainable)).reshape(-1)
     if solver.fix_gauge:
         mask = mask & model_gauge_mask(model)
-    return run_problem(problem, model, mask, run, solver, initial_damping, bounds)
+    return run_problem(problem, model, mask, run, solver, initial_damping, bounds, step_limit)
 
 
 _jit_arrays = jax.jit(run_solve, static_argnums=(4, 5))
 _jit_filtered = eqx.filter_jit(run_solve)
 
 
-def compiled_solve(model, prepared: Prepared, caller: str = "solve"):
+def compiled_solve(model, prepared: Prepared, caller: str = "solve",
+                   runtime: Runtime = Runtime()):
     """`run_solve` on a prepared call, compiled once per shape and option: ``jax.jit``'s
     dispatch when every leaf of the model is an array (the common case, and the cheaper
     call); ``eqx.filter_jit`` for models with other leaves."""
@@ -137,7 +146,7 @@ def compiled_solve(model, prepared: Prepared, caller: str = "solve"):
     # The result is checked after the call (a clean exception outside jit, eqx.error_if
     # inside), not in the compiled function, so that both throw settings share one program.
     args = (model, p.x, p.y, p.trainable, p.run._replace(throw=False), p.solver, p.weights,
-            p.regularization, None, p.bounds)
+            p.regularization, runtime.initial_damping, p.bounds, runtime.step_limit)
     if all(isinstance(leaf, jax.Array) for leaf in jax.tree.leaves(model)):
         solved, info = _jit_arrays(*args)
     else:
@@ -204,7 +213,8 @@ def solve(
     - ``solver``: an `SNR` (the algorithm: linear solver, Hessian, damping, geodesic
       acceleration, tolerances). Instead, the keywords `SNR` takes may be given here
       directly (``linear_solver="cg"``, ``hessian="exact"``, ``ftol=...``, ...), not both.
-    - ``max_steps``: bound on the inner iterations (default 256).
+    - ``max_steps``: bound on the inner iterations (default 256). It and ``initial_damping``
+      may be JAX arrays (traced): read at run time, not compiled in.
     - ``trainable``: ``None`` (all), a bool, or a pytree shaped like the model with bool
       (or boolean array) leaves; ``False`` entries never move.
     - ``throw``: raise (through ``eqx.error_if``, so also inside ``jit``) when the result is
@@ -247,9 +257,10 @@ def solve(
     print(info.loss, info.inner_steps, info.data_passes)
     ```
     """
+    solver_options, max_steps, runtime = runtime_values("solve", solver_options, max_steps)
     snr = solver_from(solver, "solve", solver_options)
     prepared = prepare(model, x, y, "solve", snr, max_steps=max_steps, trainable=trainable,
                        throw=throw, chunk_size=chunk_size, record_history=record_history,
                        verbose=verbose, weights=weights, regularization=regularization,
-                       bounds=bounds)
-    return compiled_solve(model, prepared)
+                       bounds=bounds, step_limit=runtime.step_limit)
+    return compiled_solve(model, prepared, runtime=runtime)

@@ -13,7 +13,7 @@ from jaxtyping import Array, Float, Int
 
 from ._checks import as_collocation, check_model
 from ._least_squares import is_parameter, least_squares
-from ._options import check_max_steps, prepare, solver_from
+from ._options import check_max_steps, prepare, runtime_values, solver_from
 from ._problems._grid import GridData
 from ._solution import RESULTS
 from ._solve import compiled_solve
@@ -65,6 +65,7 @@ def solve_once(
     chunk_size: int | str | None = "auto",
     record_history: bool = False,
     verbose: bool = False,
+    initial_damping=None,
     **solver_options,
 ) -> optax.GradientTransformationExtraArgs:
     """Infinite Descent as an optax transformation: each update is a whole SNR solve.
@@ -95,6 +96,12 @@ def solve_once(
     ``throw`` defaults to ``False`` here: a training loop reads ``state.result`` rather than
     stopping.
 
+    Hyperparameters: ``initial_damping`` and ``max_steps`` may be JAX arrays, read when the
+    compiled loop runs (no recompilation when they change), so
+    ``optax.inject_hyperparams(idn.solve_once)(initial_damping=schedule, max_steps=64)``
+    schedules them; the tolerances and the other options of `SNR` configure the compiled
+    loop and stay numbers (given to the wrapped factory they pass through as constants).
+
     Cost: one update is one `solve`, its inner iterations and passes over the data in
     ``state.inner_steps`` and ``state.data_passes``.
 
@@ -106,12 +113,25 @@ def solve_once(
     ```
     """
     caller = "solve_once"
+    nested = solver_options.pop("solver_options", None)
+    if isinstance(nested, dict):  # optax.inject_hyperparams passes **solver_options by name
+        solver_options.update(nested)
+    if initial_damping is not None:  # a named argument, so that optax can schedule it
+        solver_options["initial_damping"] = initial_damping
     for name in ("x", "y", "model"):
         if name in solver_options:
             raise TypeError(f"{caller}: `{name}` is passed to `update`, not to `solve_once`.")
+    solver_options, max_steps, runtime = runtime_values(caller, solver_options, max_steps)
     snr = solver_from(solver, caller, solver_options)
     run = dict(max_steps=check_max_steps(max_steps, caller), trainable=trainable, throw=throw,
                chunk_size=chunk_size, record_history=record_history, verbose=verbose)
+    if record_history and runtime.step_limit is not None:
+        raise ValueError(f"{caller}: record_history=True needs `max_steps` as a number (the "
+                         "history's length is fixed when the loop compiles), not an array.")
+    # Given as JAX arrays, the damping and the step limit are read at run time: a schedule
+    # (optax.inject_hyperparams) changes them without recompiling.
+    runtime_options = {} if runtime.initial_damping is None else {
+        "initial_damping": runtime.initial_damping}
 
     def init_fn(params) -> SolveOnceState:
         leaves = [leaf for leaf in jax.tree.leaves(params) if is_parameter(leaf)]
@@ -141,8 +161,9 @@ def solve_once(
                                  "of the package (`x=, y=`); with `residual_fn=` filter the "
                                  "parameters you pass instead.")
             solved, info = least_squares(
-                _ResidualOfParams(residual_fn), params, None, solver=snr,
-                max_steps=run["max_steps"], throw=run["throw"],
+                _ResidualOfParams(residual_fn), params, None, solver=snr, **runtime_options,
+                max_steps=run["max_steps"] if runtime.step_limit is None
+                else runtime.step_limit, throw=run["throw"],
                 record_history=run["record_history"], verbose=run["verbose"],
             )
             before = params
@@ -155,8 +176,9 @@ def solve_once(
                     "`update(..., residual_fn=rf)`."
                 )
             model = check_model(params, f"{caller}.update")
-            prepared = prepare(model, x, y, f"{caller}.update", snr, weights=weights, **run)
-            solved, info = compiled_solve(model, prepared, f"{caller}.update")
+            prepared = prepare(model, x, y, f"{caller}.update", snr, weights=weights,
+                               step_limit=runtime.step_limit, **run)
+            solved, info = compiled_solve(model, prepared, f"{caller}.update", runtime)
             solved = eqx.filter(solved, eqx.is_inexact_array)
             before = eqx.filter(model, eqx.is_inexact_array)
         delta = jax.tree.map(

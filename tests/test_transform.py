@@ -120,3 +120,53 @@ def test_options_pass_through(toy):
     updates, state = opt.update(None, opt.init(model), model, x=x, y=y)
     assert int(state.inner_steps) == 2
     assert state.result == idn.RESULTS.max_steps_reached
+
+
+def test_inject_hyperparams_schedules_damping_and_max_steps():
+    """``optax.inject_hyperparams(idn.solve_once)``: the initial damping (scheduled) and
+    ``max_steps`` become traced hyperparameters, read at run time: one compilation serves
+    every value; tolerances given to it stay compile-time options."""
+    x, y = idn.problems.paper_toy()
+    start = idn.problems.paper_toy_start()
+    params = eqx.filter(start, eqx.is_inexact_array)
+    opt = optax.inject_hyperparams(idn.solve_once)(
+        max_steps=3, initial_damping=optax.exponential_decay(1e-2, 1, 0.1), ftol=1e-12)
+    traces = []
+
+    @eqx.filter_jit
+    def step(p, state):
+        traces.append(None)
+        updates, state = opt.update(None, state, p, x=x, y=y)
+        return eqx.apply_updates(p, updates), state
+
+    state = opt.init(params)
+    _, state = step(params, state)
+    assert int(state.inner_state.inner_steps) == 3  # the limit, read at run time
+    assert float(state.hyperparams["initial_damping"]) == pytest.approx(1e-2)
+    state = state._replace(hyperparams={**state.hyperparams, "max_steps": jnp.asarray(200)})
+    _, state = step(params, state)
+    assert float(state.hyperparams["initial_damping"]) == pytest.approx(1e-3)
+    assert len(traces) == 1  # the new values did not recompile
+    assert state.inner_state.result == idn.RESULTS.successful
+    assert float(state.inner_state.loss_after) <= 1e-25
+
+
+def test_solve_takes_traced_max_steps_and_damping():
+    x, y = idn.problems.paper_toy()
+    start = idn.problems.paper_toy_start()
+
+    @jax.jit
+    def steps(limit, damping):
+        _, info = idn.solve(start, x, y, max_steps=limit, initial_damping=damping, throw=False)
+        return info.inner_steps, info.result
+
+    few, result = steps(jnp.int32(2), jnp.asarray(1e-3))
+    assert int(few) == 2 and result == idn.RESULTS.max_steps_reached
+    many, result = steps(jnp.int32(200), jnp.asarray(1e-3))
+    assert 2 < int(many) < 200 and result == idn.RESULTS.successful
+    with pytest.raises(ValueError, match="finite and > 0"):
+        idn.solve(start, x, y, initial_damping=jnp.asarray(0.0))
+    with pytest.raises(ValueError, match="record_history=True needs `max_steps` as a number"):
+        idn.solve(start, x, y, max_steps=jnp.int32(5), record_history=True)
+    with pytest.raises(TypeError, match="`ftol` configures the compiled loop"):
+        jax.jit(lambda f: idn.solve(start, x, y, ftol=f)[1].loss)(1e-10)
