@@ -14,7 +14,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ._models._base import AbstractSumOfTerms, parameter_arrays
+from ._models._aion import AION
+from ._models._base import (
+    SUPPORTED_DTYPES,
+    AbstractSumOfTerms,
+    ModelSum,
+    default_float_dtype,
+    parameter_arrays,
+)
+from ._models._gaussian import GaussianAtoms
+from ._models._shallow import ShallowNetwork
 from ._problems._collocation import Collocation, collocation_terms, pointwise
 from ._problems._grid import GridData
 
@@ -52,13 +61,68 @@ def check_model(model, caller: str):
             f"{caller}: expected an `infinite_descent.AION` (or another "
             f"`infinite_descent.AbstractSumOfTerms` model), got {type(model).__name__}."
         )
+    check_fields(model, caller)
     dtypes = {a.dtype for a in parameter_arrays(model)}
     if len(dtypes) != 1 or not jnp.issubdtype(next(iter(dtypes)), jnp.floating):
         raise TypeError(
             f"{caller}: the model's parameters must share one real floating dtype, got "
             f"{sorted(str(d) for d in dtypes)}."
         )
+    dtype = next(iter(dtypes))
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{caller}: the model's parameters are {dtype}; float32 and float64 "
+                        "are supported (convert with `jax.tree.map`, e.g. to float32).")
+    if dtype == jnp.float64 and default_float_dtype() != jnp.float64:
+        raise TypeError(f"{caller}: the model is float64 but `jax_enable_x64` is off (JAX would "
+                        "compute in float32); turn it on, or convert the model to float32.")
     return model
+
+
+# The parameter fields of the package's models and their number of axes: a model edited with
+# `eqx.tree_at` to a number or a wrong-shaped array is refused at the call, not deep inside.
+_FIELDS = {
+    AION: ({"A": 3, "alpha": 3, "omega": 3, "phi": 3}),
+    GaussianAtoms: ({"A": 3, "a": 3, "m": 3}),
+    ShallowNetwork: ({"c": 1, "w": 2, "b": 1}),
+}
+
+
+def check_fields(model, caller: str) -> None:
+    """Every parameter field of a model of the package is a real floating array of its
+    shape; for any model, the parameter arrays share their leading (terms) axis."""
+    if isinstance(model, ModelSum):
+        for part in model.parts:
+            check_model(part, caller)
+        return
+    for kind, fields in _FIELDS.items():
+        if not isinstance(model, kind):
+            continue
+        shapes = {}
+        for name, ndim in fields.items():
+            value = getattr(model, name)
+            if not (eqx.is_array(value) and jnp.issubdtype(value.dtype, jnp.floating)):
+                raise TypeError(
+                    f"{caller}: the {kind.__name__}'s `{name}` must be a real floating array, "
+                    f"got {type(value).__name__}"
+                    f"{' of dtype ' + str(value.dtype) if eqx.is_array(value) else ''}."
+                )
+            if value.ndim != ndim:
+                raise ValueError(f"{caller}: the {kind.__name__}'s `{name}` must have {ndim} "
+                                 f"axes, got shape {tuple(value.shape)}.")
+            shapes[name] = tuple(value.shape)
+        if kind is not ShallowNetwork and len(set(shapes.values())) != 1:
+            raise ValueError(f"{caller}: the {kind.__name__}'s parameter arrays must share one "
+                             f"shape, got {shapes}.")
+        if kind is ShallowNetwork and not (
+            shapes["c"][0] == shapes["w"][0] == shapes["b"][0] and shapes["w"][1] == model.dim
+        ):
+            raise ValueError(f"{caller}: the ShallowNetwork's c, w, b must be (width,), "
+                             f"(width, {model.dim}), (width,); got {shapes}.")
+        return
+    leading = {a.shape[0] if a.ndim else None for a in parameter_arrays(model)}
+    if len(leading) > 1 or None in leading:
+        raise ValueError(f"{caller}: every parameter array of a sum-of-terms model carries the "
+                         f"terms on its leading axis; got leading sizes {leading}.")
 
 
 def check_data(model, x, y, caller: str, dtype=None):

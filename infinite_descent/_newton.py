@@ -95,7 +95,10 @@ def _newton_update(model, x, y, options: _Options):
         # The mean diagonal of the tangent kernel K = J J^T (trace(J^T J) / N): lambda scales
         # with the kernel, as the analysis of the overparameterized limit asks (for a width-m
         # network normalised by m^-beta it grows like m^(1 - 2 beta), the paper's scaling).
-        lam = lam * jnp.sum(eq.diag) / problem.num_data
+        # Where the kernel vanishes (every Jacobian column zero, e.g. a network with all
+        # weights zero) lambda is taken as given, so that the step is zero, not 0 / 0.
+        trace = jnp.sum(eq.diag)
+        lam = jnp.where(trace > 0, lam * trace / problem.num_data, lam)
     ones = jnp.ones_like(eq.g)
     system = DampedSystem(eq, ones, lam, ones, blocks, problem, zero)
     # Unlike the SNR loop, which rejects a step from an indefinite system, this method takes

@@ -2,10 +2,20 @@
 
 from __future__ import annotations
 
+import warnings
+
+import jax
 import numpy as np
 
 from ._models._aion import AION
-from ._models._base import default_float_dtype
+from ._models._base import check_sizes, default_float_dtype
+
+# The largest pencil parameter L and the most Hankel rows used for the poles: the SVD then
+# costs at most O(rows L^2) and its matrices ~0.3 GiB in float64, whatever N (all N samples
+# still enter the amplitudes' least squares). Uncapped, L ~ N / 3 asked for O(N^3) time and
+# 16 GiB at N = 1e5.
+MAX_PENCIL = 512
+MAX_ROWS = 65536
 
 
 def matrix_pencil(x, y, rank: int, terms: int = 1, *, real: bool = False, dtype=None) -> AION:
@@ -22,7 +32,11 @@ def matrix_pencil(x, y, rank: int, terms: int = 1, *, real: bool = False, dtype=
     ``(N - L) x (L + 1)`` matrix, ``L ~ N / 3``.
 
     Exact for noiseless data that a model of this size represents; otherwise an estimate to
-    start [`solve`][infinite_descent.solve] from.
+    start [`solve`][infinite_descent.solve] from. For long records the pencil is capped
+    (``L <= 512``, at most 65,536 Hankel rows: a warning says so), which bounds the SVD's
+    time and memory. It runs on the host (numpy's SVD), outside ``jax.jit``. Components the
+    data do not support (all-zero data, an impulse: poles at zero) come back with zero
+    amplitude.
 
     ```python
     p = idn.problems.lanczos3()
@@ -31,8 +45,17 @@ def matrix_pencil(x, y, rank: int, terms: int = 1, *, real: bool = False, dtype=
     print(float(info.loss))                          # 1.6117193594e-08, the certified value
     ```
     """
+    if any(isinstance(a, jax.core.Tracer) for a in (x, y)):
+        raise TypeError(
+            "matrix_pencil runs on the host (numpy's SVD) and gives a start for `solve`: call "
+            "it outside `jax.jit`/`jax.vmap`, on concrete data."
+        )
+    sizes = check_sizes("matrix_pencil", rank=rank, terms=terms)
+    rank, terms = sizes["rank"], sizes["terms"]
     x = np.asarray(x, np.float64).reshape(-1)
     y = np.asarray(y, np.float64).reshape(-1)
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("matrix_pencil: x and y must be finite (no NaN or Inf).")
     n = x.shape[0]
     if y.shape[0] != n or n < 4:
         raise ValueError("matrix_pencil: x and y must be one-dimensional and of equal length >= 4.")
@@ -41,21 +64,34 @@ def matrix_pencil(x, y, rank: int, terms: int = 1, *, real: bool = False, dtype=
         raise ValueError("matrix_pencil: x must be a uniform, increasing grid.")
     count = rank * terms
     order = count if real else 2 * count
-    pencil = max(order, n // 3)
+    pencil = max(order, min(n // 3, MAX_PENCIL))
     if n - pencil < order:
         raise ValueError(
             f"matrix_pencil: {n} samples are too few for {count} components "
             f"(need about {3 * order})."
         )
     hankel = np.lib.stride_tricks.sliding_window_view(y, pencil + 1)  # (n - L, L + 1)
+    if pencil < n // 3 or hankel.shape[0] > MAX_ROWS:
+        hankel = hankel[:MAX_ROWS]
+        warnings.warn(
+            f"matrix_pencil: {n} samples; the poles are estimated from a capped pencil (L = "
+            f"{pencil}, {hankel.shape[0]} rows) to bound the SVD's time and memory; every "
+            "sample enters the amplitudes.", UserWarning, stacklevel=2)
+    if not np.any(y):
+        hankel = None  # all-zero data: no component
+    if hankel is None:
+        return _zero_start(rank, terms, dtype)
     _, _, vt = np.linalg.svd(hankel, full_matrices=False)
     v = vt[:order].conj().T  # (L + 1, order)
     poles = np.linalg.eigvals(np.linalg.pinv(v[:-1]) @ v[1:])
     vandermonde = poles[None, :] ** np.arange(n)[:, None]
     amplitudes = np.linalg.lstsq(vandermonde, y.astype(complex), rcond=None)[0]
-    rates = np.log(poles.astype(complex)) / h  # alpha + i omega
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rates = np.log(poles.astype(complex)) / h  # alpha + i omega
     components = []
     for rate, b in zip(rates, amplitudes):
+        if not (np.isfinite(rate) and np.isfinite(b)) or b == 0:
+            continue  # a pole at zero (an impulse) or one the data do not support
         if real:  # (energy, alpha, omega, the signed real amplitude)
             components.append((abs(b), rate.real, 0.0, float(np.real(b))))
             continue
@@ -80,3 +116,11 @@ def matrix_pencil(x, y, rank: int, terms: int = 1, *, real: bool = False, dtype=
         alpha[j, 0, p], omega[j, 0, p] = a, w
     dtype = default_float_dtype() if dtype is None else dtype
     return AION(rank, 1, terms, dtype=dtype, A=A, alpha=alpha, omega=omega, phi=phi)
+
+
+def _zero_start(rank: int, terms: int, dtype) -> AION:
+    """The AION with every amplitude zero (unit frequencies, as the padding above)."""
+    zeros = np.zeros((rank, 1, terms))
+    dtype = default_float_dtype() if dtype is None else dtype
+    return AION(rank, 1, terms, dtype=dtype, A=zeros, alpha=zeros, omega=zeros + 1.0,
+                phi=zeros)

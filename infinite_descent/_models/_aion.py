@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._base import AbstractSumOfTerms, check_sizes, default_float_dtype, separable_parameters
+from ._base import AbstractSumOfTerms, check_sizes, model_dtype, separable_parameters
 
 _FIELDS = ("A", "alpha", "omega", "phi")
 
@@ -139,9 +139,7 @@ class AION(AbstractSumOfTerms):
     ):
         sizes = check_sizes("AION", rank=rank, dim=dim, terms=terms)
         rank, dim, terms = sizes["rank"], sizes["dim"], sizes["terms"]
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
-        if not jnp.issubdtype(dtype, jnp.floating):
-            raise TypeError(f"AION: `dtype` must be a real floating dtype, got {dtype}.")
+        dtype = model_dtype("AION", dtype)
         shape = (rank, 1 if shared_dims else dim, terms)
         given = {"A": A, "alpha": alpha, "omega": omega, "phi": phi}
         if any(v is None for v in given.values()) and key is None:

@@ -195,6 +195,25 @@ def default_float_dtype():
     return jax.dtypes.canonicalize_dtype(jnp.float64)
 
 
+SUPPORTED_DTYPES = (jnp.dtype(jnp.float32), jnp.dtype(jnp.float64))
+
+
+def model_dtype(owner: str, dtype) -> jnp.dtype:
+    """The parameters' dtype: float64 when x64 is on and none is given, else float32; a
+    given one must be float32 or float64 (half precision has too few digits for the
+    solver's tests, and complex exponentials have no half-precision type), and float64 needs
+    x64 on (JAX would silently make it float32)."""
+    if dtype is None:
+        return default_float_dtype()
+    dtype = jnp.dtype(dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{owner}: `dtype` must be float32 or float64, got {dtype}.")
+    if dtype == jnp.float64 and default_float_dtype() != jnp.float64:
+        raise TypeError(f"{owner}: dtype float64 needs `jax.config.update('jax_enable_x64', "
+                        "True)` first (without it JAX makes every array float32).")
+    return dtype
+
+
 def separable_parameters(owner: str, shape: tuple, given: dict, bounds: dict, key, dtype,
                          shape_label: str) -> dict:
     """The parameter arrays of a separable model, all of ``shape``.

@@ -6,7 +6,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._base import AbstractSumOfTerms, check_sizes, default_float_dtype, separable_parameters
+from ._base import AbstractSumOfTerms, check_sizes, model_dtype, separable_parameters
 
 
 class GaussianAtoms(AbstractSumOfTerms):
@@ -45,7 +45,7 @@ class GaussianAtoms(AbstractSumOfTerms):
                  a: ArrayLike | None = None, m: ArrayLike | None = None):
         sizes = check_sizes("GaussianAtoms", rank=rank, dim=dim, terms=terms)
         rank, dim, terms = sizes["rank"], sizes["dim"], sizes["terms"]
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+        dtype = model_dtype("GaussianAtoms", dtype)
         shape = (rank, 1 if shared_dims else dim, terms)
         given = {"A": A, "a": a, "m": m}
         if any(v is None for v in given.values()) and key is None:

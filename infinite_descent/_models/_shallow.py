@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float, PRNGKeyArray
 
-from ._base import AbstractSumOfTerms, check_sizes, default_float_dtype
+from ._base import AbstractSumOfTerms, check_sizes, model_dtype
 
 
 class ShallowNetwork(AbstractSumOfTerms):
@@ -56,7 +56,7 @@ class ShallowNetwork(AbstractSumOfTerms):
                 f"ShallowNetwork: `output_scale` must be a finite number > 0, got "
                 f"{output_scale!r}."
             )
-        dtype = default_float_dtype() if dtype is None else jnp.dtype(dtype)
+        dtype = model_dtype("ShallowNetwork", dtype)
         if (c is None or w is None or b is None) and key is None:
             raise ValueError("ShallowNetwork: pass `key` or all of c, w, b.")
         kc, kw, kb = jax.random.split(key, 3) if key is not None else (None,) * 3
