@@ -18,6 +18,8 @@ class RESULTS(eqx.Enumeration):
       and still no step lowered it, far from any convergence test: not a minimum found.
     - ``nonfinite_start``: the model's loss at the start is not finite (for example an
       exponential overflowed); the start is returned unchanged.
+    - ``singular_projection``: variable projection could not fit from this start (its
+      linear basis is singular there); the start is returned unchanged.
 
     ```python
     model, info = idn.solve(start, x, y, max_steps=2, throw=False)
@@ -48,6 +50,13 @@ class RESULTS(eqx.Enumeration):
         "The loss at the starting model is not finite (NaN or Inf: an exponential overflowed "
         "or the parameters are not finite); the model was returned unchanged. Rescale the "
         "inputs to about [-1, 1] or reduce the growth rates `alpha`."
+    )
+    singular_projection = (
+        "Variable projection could not fit from this start: the basis it eliminates (the "
+        "first dimension's cosine and sine columns) is singular or nearly so there (points "
+        "that coincide, zero frequencies, atoms that coincide), and the projected solve ended "
+        "above the start's loss or at a non-finite one. The start was returned unchanged; "
+        "solve without `variable_projection`, or from another start."
     )
 
 

@@ -130,7 +130,34 @@ def run_solve(model, x, y, trainable, run: RunOptions, solver: SNR, weights=None
         mask = problem.stack(jax.tree.map(jnp.asarray, trainable)).reshape(-1)
     if solver.fix_gauge:
         mask = mask & model_gauge_mask(model)
-    return run_problem(problem, model, mask, run, solver, initial_damping, bounds, step_limit)
+    solved, info = run_problem(problem, model, mask, run, solver, initial_damping, bounds,
+                               step_limit)
+    if solver.variable_projection:
+        solved, info = never_worse_projection(model, solved, info, x, y)
+    return solved, info
+
+
+def never_worse_projection(start, solved, info: SolveInfo, x, y):
+    """Variable projection's losses are those of the projected problem, whose start is the
+    given model with its eliminated coefficients re-fitted: on a singular basis that refit
+    can be far worse than the start, or not finite. Read the losses off the models
+    themselves, and return the start (``RESULTS.singular_projection``) where the solve ended
+    above it, so that the contract of every solve holds: never worse than the start, and
+    ``info.loss`` the loss of the model returned."""
+
+    def loss_of(model):
+        r = jax.vmap(model)(x) - y
+        return r @ r
+
+    before, after = loss_of(start), loss_of(solved)
+    worse = jnp.isfinite(before) & ~(after <= before)
+    solved = jax.tree.map(lambda a, b: jnp.where(worse, a, b) if eqx.is_inexact_array(a) else b,
+                          start, solved)
+    result = RESULTS.where(worse, RESULTS.singular_projection, info.result)
+    info = eqx.tree_at(
+        lambda i: (i.loss, i.initial_loss, i.result, i.converged), info,
+        (jnp.where(worse, before, after), before, result, result == RESULTS.successful))
+    return solved, info
 
 
 _jit_arrays = jax.jit(run_solve, static_argnums=(4, 5))

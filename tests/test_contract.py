@@ -112,3 +112,54 @@ def test_a_float64_model_after_x64_is_switched_off_is_refused():
             idn.solve(start, np.asarray(x), np.asarray(y))
         with pytest.raises(TypeError, match="needs `jax.config.update"):
             idn.AION(1, 2, 1, key=jax.random.key(0), dtype=jnp.float64)
+
+
+def _loss(model, x, y):
+    r = jax.vmap(model)(x) - y
+    return float(r @ r)
+
+
+def _degenerate_projection_starts():
+    x = jax.random.uniform(jax.random.key(0), (200, 2))
+    y = jnp.sin(3 * x[:, 0]) * jnp.cos(2 * x[:, 1]) + x[:, 1]
+    start = idn.AION(3, 2, 2, key=jax.random.key(1))
+    lanczos = idn.problems.lanczos3()
+    return {
+        "equal points": (start, jnp.full_like(x, 0.5), y),
+        "zero frequencies": (eqx.tree_at(lambda m: m.omega, start, jnp.zeros_like(start.omega)),
+                             x, y),
+        "pencil on Lanczos3": (idn.matrix_pencil(lanczos.x[:, 0], lanczos.y, rank=3, real=True),
+                               lanczos.x, lanczos.y),
+    }
+
+
+@pytest.mark.parametrize("case", ["equal points", "zero frequencies", "pencil on Lanczos3"])
+def test_variable_projection_from_a_singular_basis_is_never_worse(case):
+    """The projected problem re-fits the eliminated coefficients, which a singular basis
+    (coinciding points, zero frequencies: zero sine columns) makes huge or NaN: the solve
+    returned a loss of 3e67 against the start's 969, or NaN. Now the start comes back with
+    RESULTS.singular_projection, and the losses reported are the models' own."""
+    start, x, y = _degenerate_projection_starts()[case]
+    fit, info = idn.solve(start, x, y, variable_projection=True, throw=False)
+    start_loss = _loss(start, x, y)
+    assert _finite(fit)
+    assert _loss(fit, x, y) <= start_loss
+    np.testing.assert_allclose(float(info.initial_loss), start_loss, rtol=1e-12)
+    np.testing.assert_allclose(float(info.loss), _loss(fit, x, y), rtol=1e-12)
+    assert info.result == idn.RESULTS.singular_projection
+    with pytest.raises(RuntimeError, match="Variable projection could not fit"):
+        idn.solve(start, x, y, variable_projection=True)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_variable_projection_reports_the_returned_models_loss(dtype):
+    """In float32 ``info.loss`` (the projected problem's) said 1.8e-7 where the returned
+    model's loss was 11.2; now ``info.loss`` is the returned model's loss."""
+    x = jax.random.uniform(jax.random.key(2), (300, 2), dtype, -1, 1)
+    truth = idn.AION(2, 2, 1, key=jax.random.key(3), dtype=dtype)
+    y = jax.vmap(truth)(x)
+    start = idn.AION(2, 2, 1, key=jax.random.key(4), dtype=dtype)
+    fit, info = idn.solve(start, x, y, variable_projection=True, throw=False)
+    assert float(info.loss) <= _loss(start, x, y)
+    np.testing.assert_allclose(float(info.loss), _loss(fit, x, y), rtol=1e-4 if dtype ==
+                               jnp.float32 else 1e-10, atol=10 * float(jnp.finfo(dtype).eps))
