@@ -179,6 +179,12 @@ def solve(
     ``jit``. Cost per inner iteration: ``O(N M^2)`` for ``J^T J`` plus ``O(M^3)`` for the
     factorisation (``M`` parameters, ``N`` points), with the default linear solver.
 
+    For an AION (also on `GridData`) or `GaussianAtoms` the solve does not depend on the
+    scale of ``y``, up to rounding: the loop works on ``y`` divided by a power of two near
+    ``max |y|``, and before the first iteration the start's output ``f`` is scaled to the data,
+    ``c = <f, y> / <f, f>``, through the amplitudes ("step zero": one more pass over the data,
+    values only, counted in ``data_passes``). Everything reported is in the caller's units.
+
     **Arguments:**
 
     - ``model``: the model to start from: an `AION`, `GaussianAtoms`, `ShallowNetwork` or

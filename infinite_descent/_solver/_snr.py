@@ -19,7 +19,10 @@ is a Levenberg-Marquardt globalisation of Newton's method, built from small pure
 
 `SNR.step` composes them; `iterate`, the one bounded ``while_loop`` every entry point runs,
 repeats it, with history (``record_history``) and printing (``verbose``) handled there once,
-traced only when asked for.
+traced only when asked for. A problem that can (AION, Gaussian atoms, AION on a grid) is
+solved in units of its data, from its start's output scaled to the data (`in_units`), so that
+the iterates do not depend on the scale of ``y``; everything reported is in the caller's
+units.
 """
 
 from __future__ import annotations
