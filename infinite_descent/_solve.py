@@ -85,10 +85,10 @@ def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: S
                   record_history=run.record_history, verbose=run.verbose,
                   initial_damping=initial_damping, bounds=flat_bounds,
                   step_limit=step_limit)
-    solved = problem.to_model(problem.theta + out.delta.reshape(problem.theta.shape), like)
+    solved = problem.to_model(out.theta.reshape(problem.theta.shape), like)
     history = None
     if out.history is not None:
-        thetas = problem.theta[None] + out.history.delta.reshape(-1, *problem.theta.shape)
+        thetas = out.history.theta.reshape(-1, *problem.theta.shape)
         history = SolveHistory(
             loss=out.history.loss,
             params=jax.vmap(
@@ -225,6 +225,12 @@ def solve(
     is never worse than the start. The loop is a bounded ``lax.while_loop`` compiled with
     ``jit``. Cost per inner iteration: ``O(N M^2)`` for ``J^T J`` plus ``O(M^3)`` for the
     factorisation (``M`` parameters, ``N`` points), with the default linear solver.
+
+    For an AION (also on `GridData`) or `GaussianAtoms` the solve does not depend on the
+    scale of ``y``, up to rounding: the loop works on ``y`` divided by a power of two near
+    ``max |y|``, and before the first iteration the start's output ``f`` is scaled to the data,
+    ``c = <f, y> / <f, f>``, through the amplitudes ("step zero": one more pass over the data,
+    values only, counted in ``data_passes``). Everything reported is in the caller's units.
 
     **Arguments:**
 

@@ -28,9 +28,10 @@ def test_toy_from_the_documented_start(toy):
     # The loss the solver reports is the loss of the model it returns.
     np.testing.assert_allclose(loss_of(model, x, y), float(info.loss), rtol=0, atol=1e-24)
     np.testing.assert_allclose(float(info.initial_loss), loss_of(start, x, y), rtol=1e-12)
-    # Honest counting: one pass for the start, one per inner iteration.
+    # Honest counting: one pass (values only) for step zero, which scales the start's output
+    # to the data, one for the start, one per inner iteration.
     assert 1 <= int(info.inner_steps) <= 60
-    assert int(info.data_passes) == int(info.inner_steps) + 1
+    assert int(info.data_passes) == int(info.inner_steps) + 2
     assert int(info.accepted_steps) <= int(info.inner_steps)
     assert info.linear_solver == "dense" and info.hessian == "gauss_newton"
     # It found the cosine: omega = pi in both ranks, |A| = 1 after the phases settle.
@@ -129,7 +130,7 @@ def test_block_diagonal_step_runs_and_is_what_it_is(toy, linear_solver, hessian)
     assert np.isfinite(float(info.loss))
     assert float(info.loss) < float(info.initial_loss)
     if hessian == "exact":
-        assert int(info.data_passes) == 2 * (int(info.inner_steps) + 1)
+        assert int(info.data_passes) == 2 * (int(info.inner_steps) + 1) + 1  # + step zero
 
 
 def test_exact_hessian_option_solves_the_toy(toy):
@@ -314,13 +315,14 @@ def test_geodesic_modes_solve_the_toy_and_count_their_passes(toy, geodesic):
     model, info = idn.solve(start, x, y, geodesic=geodesic, linear_solver="dense")
     assert float(info.loss) < 1e-20
     inner, passes = int(info.inner_steps), int(info.data_passes)
-    # One pass to start, one per iteration, and one more per accelerated iteration.
+    # One pass for step zero (values only), one to start, one per iteration, and one more
+    # per accelerated iteration.
     if geodesic is True:
-        assert passes == 1 + 2 * inner
+        assert passes == 2 + 2 * inner
     elif geodesic is False:
-        assert passes == 1 + inner
+        assert passes == 2 + inner
     else:
-        assert 1 + inner <= passes <= 1 + 2 * inner
+        assert 2 + inner <= passes <= 2 + 2 * inner
 
 
 def test_geodesic_acceleration_gets_through_a_valley_plain_lm_creeps_along():

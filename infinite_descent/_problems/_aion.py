@@ -119,6 +119,44 @@ def aion_terms(
     return separable_terms(psi, derivatives, theta.shape[-2] == 1)
 
 
+def amplitude_factors(theta: Array, c: Array, dims: int, mask: Array,
+                      root: Array | None = None) -> tuple[Array, Array]:
+    """Factors ``F`` (flat, one per parameter) such that a separable model at ``F * theta``
+    outputs ``c`` times its output at ``theta``, and whether that is possible.
+
+    ``theta`` is ``(rank, kinds, d', P)`` with the amplitudes in slot 0 of axis 1 (an AION's
+    or Gaussian atoms' layout); each atom is linear in its amplitudes, so scaling one
+    dimension's amplitudes by ``c`` scales every rank by ``c``. With all amplitudes free the
+    factor is spread evenly, ``root = |c|^(1/d)`` per dimension (the sign on dimension 0),
+    which keeps the ranks' gauge balanced; with a shared atom (``d' = 1``) it is
+    ``c^(1/d)``, impossible for ``c < 0`` and even ``d``; with some amplitudes held
+    (``trainable``, ``fix_gauge``) dimension 0 takes all of ``c``, if it is free. Every other
+    parameter keeps the factor 1.
+    """
+    amps = theta[:, 0]
+    free = mask.reshape(theta.shape)[:, 0]
+    slots = amps.shape[1]
+    root = jnp.abs(c) ** (1.0 / dims) if root is None else root
+    signed = jnp.where(c < 0, -root, root)
+    if slots == 1:
+        per_slot = signed[None]
+        possible = jnp.all(free) & ((c > 0) | (dims % 2 == 1))
+    else:
+        even = jnp.full((slots,), root).at[0].set(signed)
+        alone = jnp.ones((slots,), amps.dtype).at[0].set(c)
+        per_slot = jnp.where(jnp.all(free), even, alone)
+        possible = jnp.all(free[:, 0])
+    factors = jnp.ones_like(theta).at[:, 0].set(
+        jnp.broadcast_to(per_slot[None, :, None], amps.shape)
+    )
+    return factors.reshape(-1), possible & jnp.isfinite(c) & (c != 0)
+
+
+def weighted_max(y: Array, weight: Array | None) -> Array:
+    """``max_n |sqrt(w_n) y_n|``."""
+    return jnp.max(jnp.abs(y if weight is None else y * weight))
+
+
 class AIONResummation(AbstractPointProblem):
     """An AION problem over its data, evaluated through the resummation.
 
@@ -168,3 +206,14 @@ class AIONResummation(AbstractPointProblem):
 
     def to_model(self, theta: Array, like):
         return unstack_params(theta, like)
+
+    def target_scale(self) -> Array:
+        return weighted_max(self.y, self.weight)
+
+    @property
+    def amplitude_dims(self) -> int:
+        return self.x.shape[-1]
+
+    def output_factors(self, c, mask, root=None):
+        """Through the amplitudes, see `amplitude_factors`."""
+        return amplitude_factors(self.theta, c, self.amplitude_dims, mask, root)

@@ -103,6 +103,43 @@ class AbstractProblem(eqx.Module):
     def to_model(self, theta: Array, like):
         """The model ``like`` with its parameters set to ``theta`` (this layout)."""
 
+    # -- units (optional) ----------------------------------------------------------------------
+    # A problem whose output scales through some of its parameters (the amplitudes of an AION
+    # or of Gaussian atoms) gives the four methods below, and the loop then works in units of
+    # the data: targets divided by a power of two near their scale, the start's output scaled
+    # to them (see `_solver._snr.in_units`). The defaults say that it cannot: a general
+    # residual (`least_squares`), a regularised or robust loss, variable projection, any
+    # model fitted through autodiff.
+
+    def target_scale(self) -> Array | None:
+        """``max_n |y_n|`` (weighted), the scale the loop's units are chosen from; ``None``
+        (the default) where this problem cannot change units."""
+        return None
+
+    @property
+    def amplitude_dims(self) -> int:
+        """``d``: scaling every amplitude by ``s`` scales the output by ``s^d``."""
+        raise NotImplementedError(f"{type(self).__name__} does not change units")
+
+    def output_factors(self, c: Array, mask: Array, root: Array | None = None
+                       ) -> tuple[Array, Array]:
+        """Factors ``F`` (flat, one per parameter) such that the model at ``F * theta``
+        outputs ``c`` times its output at ``theta``, changing only parameters with ``mask``
+        (and only amplitudes), and whether that is possible. ``root``: the per-dimension factor
+        (``|c|^(1/d)``), given when it must be exact."""
+        raise NotImplementedError(f"{type(self).__name__} does not change units")
+
+    def output_moments(self, delta: Array, unit: Array) -> tuple[Array, Array, Array, Array]:
+        """One pass, values only, at ``theta + delta``: ``(f.f, f.y, y.y, |f - unit y|^2)``
+        of the model's values ``f`` and the targets ``y`` (weighted)."""
+        raise NotImplementedError(f"{type(self).__name__} does not change units")
+
+    def rescaled(self, unit: Array, factors: Array) -> AbstractProblem:
+        """This problem with its targets divided by ``unit`` and its parameters multiplied
+        by ``factors`` (flat; they change only amplitudes, which no stored basis depends
+        on)."""
+        raise NotImplementedError(f"{type(self).__name__} does not change units")
+
 
 def residual_jacobian(residuals, delta: Array, num_data: int) -> tuple[Array, Array]:
     """``(r, J)`` of a residual function of the flat shift with ``num_data`` residuals:
@@ -340,6 +377,22 @@ class AbstractPointProblem(AbstractProblem):
             return jax.vmap(block, in_axes=(0, 0, 1, 1))(delta, self.theta, by_term, others)
 
         return self._sum_over_data(fn)
+
+    # -- units (used by the problems that give `output_factors`) -------------------------------
+
+    def output_moments(self, delta: Array, unit: Array) -> tuple[Array, Array, Array, Array]:
+        def fn(x, y, w, basis):
+            f = jnp.sum(self.term_values(delta, x, basis), axis=1)
+            if w is not None:
+                f, y = f * w, y * w
+            r = f - unit * y
+            return f @ f, f @ y, y @ y, r @ r
+
+        return self._sum_over_data(fn)
+
+    def rescaled(self, unit: Array, factors: Array) -> AbstractPointProblem:
+        theta = self.theta * factors.reshape(self.theta.shape)
+        return eqx.tree_at(lambda p: (p.theta, p.y), self, (theta, self.y / unit))
 
     # -- the full vectors (unchunked) ----------------------------------------------------------
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._models._gaussian import GaussianAtoms
-from ._aion import separable_terms
+from ._aion import amplitude_factors, separable_terms, weighted_max
 from ._base import AbstractPointProblem, chunk_data, materialized
 
 
@@ -94,3 +94,14 @@ class GaussianResummation(AbstractPointProblem):
 
     def to_model(self, theta: Array, like):
         return unstack_gaussian(theta, like)
+
+    def target_scale(self) -> Array:
+        return weighted_max(self.y, self.weight)
+
+    @property
+    def amplitude_dims(self) -> int:
+        return self.x.shape[-1]
+
+    def output_factors(self, c, mask, root=None):
+        """Through the amplitudes ``A`` (slot 0, as an AION's), see `amplitude_factors`."""
+        return amplitude_factors(self.theta, c, self.amplitude_dims, mask, root)

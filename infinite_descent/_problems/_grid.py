@@ -26,7 +26,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from .._models._aion import AION, complex_exp
-from ._aion import AIONResummation, stack_params, unstack_params
+from ._aion import AIONResummation, amplitude_factors, stack_params, unstack_params
 from ._base import AbstractProblem, NormalEquations
 
 
@@ -218,7 +218,10 @@ class GridResummation(AbstractProblem):
 
     def _expanded(self) -> AIONResummation:
         grid = GridData(self.axes, self.y)
-        return AIONResummation(self.model, grid.points(), grid.values())
+        expanded = AIONResummation(self.model, grid.points(), grid.values())
+        # theta, not the model's: a rescaled copy (`rescaled`) differs in its amplitudes only,
+        # which the basis does not depend on.
+        return eqx.tree_at(lambda p: p.theta, expanded, self.theta)
 
     def gram_matvec(self, delta, v):
         return self._expanded().gram_matvec(delta, v)
@@ -241,6 +244,29 @@ class GridResummation(AbstractProblem):
 
     def to_model(self, theta: Array, like):
         return unstack_params(theta, like)
+
+    # -- units ----------------------------------------------------------------------------------
+
+    def target_scale(self) -> Array:
+        return jnp.max(jnp.abs(self.y))
+
+    @property
+    def amplitude_dims(self) -> int:
+        return len(self.axes)
+
+    def output_factors(self, c, mask, root=None):
+        """Through the amplitudes, see `amplitude_factors`."""
+        return amplitude_factors(self.theta, c, self.amplitude_dims, mask, root)
+
+    def output_moments(self, delta, unit):
+        psis, _ = self._terms(delta)
+        f = _outer_sum(psis)
+        r = f - unit * self.y
+        return jnp.sum(f * f), jnp.sum(f * self.y), jnp.sum(self.y * self.y), jnp.sum(r * r)
+
+    def rescaled(self, unit, factors):
+        theta = self.theta * factors.reshape(self.theta.shape)
+        return eqx.tree_at(lambda p: (p.theta, p.y), self, (theta, self.y / unit))
 
 
 def _product(factors, ones):

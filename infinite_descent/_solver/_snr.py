@@ -19,7 +19,10 @@ is a Levenberg-Marquardt globalisation of Newton's method, built from small pure
 
 `SNR.step` composes them; `iterate`, the one bounded ``while_loop`` every entry point runs,
 repeats it, with history (``record_history``) and printing (``verbose``) handled there once,
-traced only when asked for.
+traced only when asked for. A problem that can (AION, Gaussian atoms, AION on a grid) is
+solved in units of its data, from its start's output scaled to the data (`in_units`), so that
+the iterates do not depend on the scale of ``y``; everything reported is in the caller's
+units.
 """
 
 from __future__ import annotations
@@ -217,9 +220,10 @@ class SNR(eqx.Module):
         return 2 if self.hessian == "exact" else 1
 
     def init(self, problem: AbstractProblem, mask: Array, initial_damping=None,
-             bounds: Bounds | None = None) -> SNRState:
+             bounds: Bounds | None = None, units: Units | None = None) -> SNRState:
         """The state at ``delta = 0``, with the result codes of a bad start or bad data.
-        With ``bounds`` the start must lie inside them."""
+        With ``bounds`` the start must lie inside them. ``units``: the loop runs in units of
+        the data (`in_units`); the absolute tolerances are the caller's, converted."""
         dtype = problem.theta.dtype
         delta = jnp.zeros(problem.num_params, dtype)
         eq, blocks = self.evaluate(problem, mask, delta)
@@ -236,12 +240,17 @@ class SNR(eqx.Module):
         g0 = projected_gradient(problem.theta.reshape(-1), eq.g, bounds)
         eps = jnp.finfo(dtype).eps
         data_norm = problem.data_norm()
+        loss_unit = jnp.ones((), dtype) if units is None else units.loss
+        grad_unit = jnp.ones((), dtype) if units is None else units.grad
+        reference = eq.loss if units is None else units.reference_loss
         targets = Targets(
-            loss=self.loss_atol + self.loss_rtol * eq.loss,
-            grad=self.grad_atol + self.grad_rtol * 2 * jnp.max(jnp.abs(g0)),
+            loss=self.loss_atol / loss_unit + self.loss_rtol * reference,
+            grad=self.grad_atol + self.grad_rtol * 2 * jnp.max(jnp.abs(g0 * grad_unit)),
             exact_floor=(2 * eps * data_norm) ** 2,
             rounding_floor=(64 * eps * data_norm) ** 2,
             data_norm=data_norm,
+            loss_unit=loss_unit,
+            grad_unit=grad_unit,
         )
         return SNRState(
             delta=delta,
@@ -418,15 +427,19 @@ def project(theta: Array, s: Array, bounds: Bounds | None) -> Array:
 
 
 class Targets(NamedTuple):
-    """The levels of the tests, fixed at the start: the loss and gradient targets, the
-    floors of an exact fit (``(2 eps |y|)^2``: to 2 units in the last place of the data;
-    ``(64 eps |y|)^2``: the rounding of the model's values), the data's norm ``|y|``."""
+    """The levels of the tests, fixed at the start: the loss target (in the loop's units)
+    and the gradient target (in the caller's), the floors of an exact fit
+    (``(2 eps |y|)^2``: to 2 units in the last place of the data; ``(64 eps |y|)^2``: the
+    rounding of the model's values), the data's norm ``|y|``, and the caller's units:
+    ``Phi = loss_unit Phi_loop``, ``grad Phi = grad_unit grad Phi_loop`` (per parameter)."""
 
     loss: Float[Array, ""]
     grad: Float[Array, ""]
     exact_floor: Float[Array, ""]
     rounding_floor: Float[Array, ""]
     data_norm: Float[Array, ""]
+    loss_unit: Float[Array, ""]
+    grad_unit: Float[Array, "..."]
 
 
 class StepReport(NamedTuple):
@@ -576,7 +589,7 @@ def converged(loss, g, targets: Targets, grad_test: bool = True) -> Array:
     gradient that merely underflowed)."""
     met = (loss <= targets.loss) | (loss <= targets.exact_floor)
     if grad_test:
-        met = met | (2 * jnp.max(jnp.abs(g)) <= targets.grad)
+        met = met | (2 * jnp.max(jnp.abs(g * targets.grad_unit)) <= targets.grad)
     return met
 
 
@@ -596,19 +609,107 @@ def decrease_small(finite, actual, predicted, loss, ftol) -> Array:
 # -- the loop ------------------------------------------------------------------------------------
 
 
+class Units(NamedTuple):
+    """The loop's units against the caller's (see `in_units`): ``Phi = loss Phi_loop`` and
+    ``theta = factors theta_loop`` (flat), powers of two, so exact; ``grad Phi = grad
+    grad Phi_loop`` (``loss / factors``); the caller's start ``Phi``, in the caller's units
+    and (before step zero) in the loop's; the passes over the data it took."""
+
+    loss: Array
+    factors: Array
+    grad: Array
+    initial_loss: Array
+    reference_loss: Array
+    passes: int
+
+
+def in_units(problem: AbstractProblem, mask: Array) -> tuple[AbstractProblem, Units | None]:
+    r"""``problem`` in units of its data, and those units; ``(problem, None)`` for a problem
+    that cannot change units (``target_scale() is None``: a general residual, a regularised
+    or robust loss, autodiff of any model).
+
+    Two changes, both through the amplitudes, in which the output is linear:
+
+    - the targets are divided by ``sigma = 2^(d e)``, a power of two near ``max |y|`` (``d``
+      amplitude factors per term, each divided by ``2^e``: exact, and undone exactly), so that
+      the loop sees data of order one whatever the caller's units, and no sum over- or
+      underflows where the data's squares do not;
+    - *step zero*: the start's output ``f`` is scaled to the data by
+      $c = \langle f, y \rangle / \langle f, f \rangle$, the exact minimiser of ``Phi``
+      along ``c f`` (``Phi`` falls by $\langle f, r\rangle^2 / \langle f, f\rangle$), as
+      the loop's base point (a shift from ``1`` to ``1e-75`` would keep the amplitude to
+      ``eps`` only). Without it a start far from the data's scale (``y ~ 1e12``, amplitudes
+      ``~ 1``) sends the first Gauss-Newton steps into the growth rates, whose exponentials
+      overflow. Taken where that fall is above the rounding of ``Phi`` and the amplitudes it
+      changes are free (``mask``).
+
+    From there the iterates do not depend on the scale of ``y`` up to rounding: the loop is
+    invariant to a diagonal rescaling of the parameters (Moré's ``D``, ``mu`` relative to it)
+    and to the scale of the residuals (the gain ratio and every test are relative to ``Phi``
+    or ``|y|``). Cost: one pass over the data, values only. The quantities of step zero are
+    formed as ratios (``rho = |f| / |y|``, the cosine of ``f`` and ``y``), so that only
+    ``rho^2`` need be finite.
+    """
+    scale = problem.target_scale()
+    if scale is None:
+        return problem, None
+    dtype = problem.theta.dtype
+    info = jnp.finfo(dtype)
+    eps = info.eps
+    dims = problem.amplitude_dims
+    exponent = jnp.round(jnp.log2(scale) / dims)
+    exponent = jnp.where(jnp.isfinite(exponent), exponent, 0.0)
+    # sigma^2, the unit of Phi, a normal number.
+    exponent = jnp.clip(exponent, info.minexp // (2 * dims) + 1, info.maxexp // (2 * dims) - 1)
+    exponent = exponent.astype(jnp.int32)
+    one = jnp.ones((), dtype)
+    sigma = jnp.ldexp(one, dims * exponent)
+    everything = jnp.ones(problem.num_params, bool)
+    unit_factors, _ = problem.output_factors(sigma, everything, jnp.ldexp(one, exponent))
+    targets = problem.rescaled(sigma, jnp.ones(problem.num_params, dtype))
+    ff, fy, yy, start_loss = targets.output_moments(jnp.zeros_like(problem.theta), sigma)
+    c = fy / ff  # the start's output times c fits y / sigma best: step zero's factor
+    step_zero, possible = problem.output_factors(c, mask)
+    # In units of yy: Phi before step zero is (rho - kappa)^2 + 1 - kappa^2, after it
+    # 1 - kappa^2, with rho = |f| / (sigma |y'|) and kappa the cosine of f and y'.
+    norm_f, norm_y = jnp.sqrt(ff), jnp.sqrt(yy)
+    rho = norm_f / norm_y / sigma
+    kappa = jnp.clip(fy / norm_f / norm_y, -1.0, 1.0)
+    gain = (rho - kappa) ** 2
+    before = gain + (1 - kappa**2)
+    take = possible & jnp.isfinite(gain) & (ff > 0) & (yy > 0) & (
+        gain > 8 * eps * (before + jnp.sqrt(before)) + 64 * eps**2
+    )
+    # The loop's start: the caller's in the loop's units (theta / unit_factors, exact), or
+    # after step zero (c f fits y / sigma: in the loop's units already).
+    start = jnp.where(take, step_zero, 1 / unit_factors)
+    loss_unit = sigma * sigma
+    units = Units(
+        loss=loss_unit,
+        factors=unit_factors,
+        grad=loss_unit / unit_factors,
+        initial_loss=start_loss,
+        reference_loss=before * yy,
+        passes=1,
+    )
+    return problem.rescaled(sigma, start), units
+
+
 class IterateHistory(NamedTuple):
-    """The point after each inner iteration (index 0: the start); NaN past the last one."""
+    """The point after each inner iteration (index 0: the start); NaN past the last one.
+    In the caller's units: the loss, and the parameters (flat, the problem's layout)."""
 
     loss: Array  # (max_steps + 1,)
-    delta: Array  # (max_steps + 1, M)
+    theta: Array  # (max_steps + 1, M)
     damping: Array  # (max_steps + 1,)
     accepted: Array  # (max_steps + 1,) bool
 
 
 class IterateResult(NamedTuple):
-    """What the loop ends with: the shift, the counts and the result code."""
+    """What the loop ends with: the parameters reached (flat, the problem's layout), the
+    losses and gradient in the caller's units, the counts and the result code."""
 
-    delta: Array
+    theta: Array
     loss: Array
     initial_loss: Array
     grad_norm: Array
@@ -620,21 +721,23 @@ class IterateResult(NamedTuple):
     history: IterateHistory | None
 
 
-def _record(history: IterateHistory, k, state) -> IterateHistory:
+def _record(history: IterateHistory, k, state, theta, factors) -> IterateHistory:
     return IterateHistory(
-        loss=history.loss.at[k].set(state.eq.loss),
-        delta=history.delta.at[k].set(state.delta),
+        loss=history.loss.at[k].set(state.eq.loss * state.targets.loss_unit),
+        theta=history.theta.at[k].set((theta + state.delta) * factors),
         damping=history.damping.at[k].set(state.mu),
         accepted=history.accepted.at[k].set(state.last.accepted),
     )
 
 
 def _print(state) -> None:
+    unit = state.targets.loss_unit
     jax.debug.print(
         "SNR {k:4d}  Phi {loss:.6e}  max|grad| {grad:.3e}  damping {mu:.2e}  "
         "accepted {accepted}  (candidate Phi {cand:.6e}, gain ratio {ratio:.3f})",
-        k=state.steps, loss=state.eq.loss, grad=2 * jnp.max(jnp.abs(state.eq.g)),
-        mu=state.mu, accepted=state.last.accepted, cand=state.last.candidate_loss,
+        k=state.steps, loss=state.eq.loss * unit,
+        grad=2 * jnp.max(jnp.abs(state.eq.g * state.targets.grad_unit)),
+        mu=state.mu, accepted=state.last.accepted, cand=state.last.candidate_loss * unit,
         ratio=state.last.ratio, ordered=True,
     )
 
@@ -651,25 +754,40 @@ def iterate(
     bounds: Bounds | None = None,
     step_limit: Array | None = None,
 ) -> IterateResult:
-    """Run ``solver`` on ``problem`` from ``delta = 0`` for at most ``max_steps`` inner
+    """Run ``solver`` on ``problem`` from its ``theta`` for at most ``max_steps`` inner
     iterations. ``mask`` is a boolean vector over the parameters (``False`` never moves);
     ``initial_damping`` (a traced scalar) overrides the solver's, so that a batch of solves
     can each resume with their own damping; ``bounds`` (flat, in the problem's layout) keep
     every iterate in a box, the start inside it; ``step_limit`` (a traced integer, at most
     ``max_steps``) stops the loop earlier, so that each lane of a ``vmap`` can have its own
-    budget. Never returns a point worse than the start."""
-    state = solver.init(problem, mask, initial_damping, bounds)
+    budget. Never returns a point worse than the start.
+
+    A problem that can change units (`in_units`) is solved in units of its data, from its
+    start's output scaled to the data; without bounds only (they are in the caller's units).
+    What is returned is in the caller's units."""
+    units, start = None, problem.theta.reshape(-1)
+    if bounds is None:
+        problem, units = in_units(problem, mask)
+    dtype = problem.theta.dtype
+    theta = problem.theta.reshape(-1)
+    factors = jnp.ones((), dtype) if units is None else units.factors
+    state = solver.init(problem, mask, initial_damping, bounds, units)
+    if units is not None:
+        state = eqx.tree_at(lambda s: s.passes, state, state.passes + units.passes)
     history = None
     if record_history:
         length = max_steps + 1
-        nan = jnp.asarray(jnp.nan, problem.theta.dtype)
+        nan = jnp.asarray(jnp.nan, dtype)
         history = IterateHistory(
             loss=jnp.full(length, nan),
-            delta=jnp.full((length, problem.num_params), nan),
+            theta=jnp.full((length, problem.num_params), nan),
             damping=jnp.full(length, nan),
             accepted=jnp.zeros(length, bool),
         )
-        history = _record(history, 0, state)
+        history = _record(history, 0, state, theta, factors)
+        if units is not None:  # the caller's start, before step zero
+            history = history._replace(loss=history.loss.at[0].set(units.initial_loss),
+                                       theta=history.theta.at[0].set(start))
 
     def cond(carry):
         state, _ = carry
@@ -682,16 +800,17 @@ def iterate(
         if verbose:
             _print(state)
         if history is not None:
-            history = _record(history, state.steps, state)
+            history = _record(history, state.steps, state, theta, factors)
         return state, history
 
     state, history = jax.lax.while_loop(cond, body, (state, history))
+    point = theta + state.delta
     return IterateResult(
-        delta=state.delta,
-        loss=state.eq.loss,
-        initial_loss=state.initial_loss,
-        grad_norm=2 * jnp.max(jnp.abs(projected_gradient(
-            problem.theta.reshape(-1) + state.delta, state.eq.g, bounds))),
+        theta=point * factors,
+        loss=state.eq.loss * state.targets.loss_unit,
+        initial_loss=state.initial_loss if units is None else units.initial_loss,
+        grad_norm=2 * jnp.max(jnp.abs(
+            projected_gradient(point, state.eq.g, bounds) * state.targets.grad_unit)),
         inner_steps=state.steps,
         accepted_steps=state.accepted,
         data_passes=state.passes,
