@@ -197,9 +197,21 @@ def trainable_leaves(model, trainable, caller: str):
     return jax.tree.unflatten(treedef, out)
 
 
-def _chunk_size(chunk_size, num_data, num_params, itemsize, caller):
+def data_shards(x) -> int:
+    """Over how many devices the points of ``x`` are split (1 for unsharded or traced
+    data): each device holds ``N / shards`` of them."""
+    if not isinstance(x, jax.Array) or isinstance(x, jax.core.Tracer):
+        return 1
+    rows = x.sharding.shard_shape(x.shape)[0]
+    return max(1, x.shape[0] // max(rows, 1))
+
+
+def _chunk_size(chunk_size, num_data, num_params, itemsize, caller, shards: int = 1):
     if chunk_size == "auto":
-        chunk_size = default_chunk_size(num_data, num_params, itemsize)
+        # From one device's share of the data and one device's memory: each chunk holds
+        # ``K`` of each device's points (the chunks are strided, see `chunk_data`).
+        local = default_chunk_size(-(-num_data // shards), num_params, itemsize)
+        chunk_size = None if local is None else local * shards
     elif chunk_size is not None and (
         isinstance(chunk_size, (bool, np.bool_)) or not isinstance(chunk_size, (int, np.integer))
         or chunk_size < 1
@@ -257,7 +269,8 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
         _check_projection(model, x, trainable, chunk_size, num_data, caller)
         chunk_size = None
     else:
-        chunk_size = _chunk_size(chunk_size, num_data, num_params, itemsize, caller)
+        chunk_size = _chunk_size(chunk_size, num_data, num_params, itemsize, caller,
+                                 data_shards(x))
     trainable = trainable_leaves(model, trainable, caller)
     try:
         solver = _resolved(solver, num_data, num_params, itemsize, chunk_size is not None)

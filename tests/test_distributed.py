@@ -40,6 +40,14 @@ WORKER = textwrap.dedent("""
     assert bool(info.result == idn.RESULTS.successful) and bool(ref_info.result == idn.RESULTS.successful)
     assert float(info.loss) < 1e-20 and float(ref_info.loss) < 1e-20
     assert float(jnp.linalg.norm(f - f_ref) / jnp.linalg.norm(f_ref)) < 1e-9
+    # Chunked, each process sums its own points of every chunk: no all-gather in the loop.
+    chunked = jax.jit(lambda m, x, y: idn.solve(m, x, y, throw=False, chunk_size=500))
+    assert "all-gather" not in chunked.lower(start, xs, ys).compile().as_text()
+    model_c, info_c = chunked(start, xs, ys)
+    assert bool(info_c.result == idn.RESULTS.successful) and float(info_c.loss) < 1e-20
+    with jax.default_device(jax.local_devices()[0]):
+        f_c = jax.vmap(model_c)(x[mine])
+    assert float(jnp.linalg.norm(f_c - f_ref) / jnp.linalg.norm(f_ref)) < 1e-9
     print("ok", pid, float(info.loss), int(info.inner_steps))
 """)
 

@@ -155,6 +155,19 @@ SHARDED = textwrap.dedent("""
     text = jax.jit(lambda m, x, y: idn.solve(m, x, y, throw=False)).lower(start, xs, ys)
     text = text.compile().as_text()
     assert "all-reduce" in text and "f64[1000,3]" in text  # per-device sums, combined by XLA
+    # "auto" chunks from one device's share of the points (and one device's memory).
+    from infinite_descent._options import data_shards
+    assert data_shards(xs) == 4 and data_shards(x) == 1
+    # Chunked, the data stay on their devices: each device sums its own points of every
+    # chunk (no all-gather of x, y or J in the compiled loop), the same solve.
+    chunked = jax.jit(lambda m, x, y: idn.solve(m, x, y, throw=False, chunk_size=400))
+    text = chunked.lower(start, xs, ys).compile().as_text()
+    assert "all-reduce" in text and "all-gather" not in text
+    assert "f64[10,100,3]" in text  # a device's quarter of every chunk of x
+    m3, i3 = chunked(start, xs, ys)
+    assert bool(i3.result == idn.RESULTS.successful) and float(i3.loss) < 1e-20
+    f3 = jax.vmap(m3)(x)
+    assert float(jnp.linalg.norm(f1 - f3) / jnp.linalg.norm(f1)) < 1e-9
     print("ok")
 """)
 

@@ -179,7 +179,15 @@ def residual_geodesic_rhs(residuals, delta: Array, v: Array) -> Array:
 def chunk_data(x: Array, y: Array, chunk_size: int | None, weights: Array | None = None):
     """``(x, y, root_weights)``. ``root_weights`` are ``sqrt(w)`` of the per-point weights
     (``None``: all one). Unchunked (``chunk_size=None``) the arrays are as given; chunked they
-    are reshaped to ``(chunks, K, ...)`` and padded with points of weight zero."""
+    are padded with points of weight zero and laid out as ``(chunks, K, ...)``, strided: chunk
+    ``c`` holds the points ``c, c + chunks, c + 2 chunks, ...``.
+
+    Strided, not contiguous, for data sharded over devices along the points: a shard (a
+    contiguous block of points) then owns a contiguous block of every chunk's ``K`` axis, so
+    each device sums its own points of each chunk and only the ``M x M`` sums are combined.
+    With contiguous chunks the scan walked the sharded axis, and XLA gathered the whole data
+    set onto every device inside the loop (measured on 4 CPU devices: 6.5x slower than
+    unchunked). A sum over all chunks is the same either way, up to rounding."""
     root = None if weights is None else jnp.sqrt(weights)
     if chunk_size is None or chunk_size >= x.shape[0]:
         return x, y, root
@@ -187,10 +195,14 @@ def chunk_data(x: Array, y: Array, chunk_size: int | None, weights: Array | None
     pad = chunks * chunk_size - x.shape[0]
     root = jnp.ones_like(y) if root is None else root
     root = jnp.concatenate([root, jnp.zeros((pad,), y.dtype)])
+
+    def strided(a):  # (chunks K, ...) -> (chunks, K, ...), chunk c = points c + chunks k
+        return jnp.swapaxes(a.reshape(chunk_size, chunks, *a.shape[1:]), 0, 1)
+
     return (
-        jnp.pad(x, ((0, pad), (0, 0))).reshape(chunks, chunk_size, x.shape[1]),
-        jnp.pad(y, (0, pad)).reshape(chunks, chunk_size),
-        root.reshape(chunks, chunk_size),
+        strided(jnp.pad(x, ((0, pad), (0, 0)))),
+        strided(jnp.pad(y, (0, pad))),
+        strided(root),
     )
 
 
