@@ -12,6 +12,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxtyping import Array
 
 from ._checks import as_collocation, check_collocation, check_data, check_grid, check_model
 from ._models._aion import AION
@@ -19,7 +20,7 @@ from ._models._base import AbstractSumOfTerms
 from ._models._gaussian import GaussianAtoms
 from ._models._shallow import ShallowNetwork
 from ._options import check_max_steps, solver_from, trainable_leaves
-from ._problems._collocation import Collocation, pointwise
+from ._problems._collocation import Collocation, pointwise, term_residuals
 from ._problems._grid import GridData
 from ._solution import RESULTS
 from ._solve import raise_unless_successful, solve
@@ -101,6 +102,63 @@ def residual_terms(model: AbstractSumOfTerms, terms: tuple) -> list[Collocation]
     return [Collocation(t.points, shifted(t.residual), t.weight) for t in terms]
 
 
+def _loss_function(terms, x, y) -> Callable:
+    """``model -> Phi``: the squared residuals on the data, or the collocation terms'."""
+    if terms is not None:
+        return lambda model: sum(jnp.sum(term_residuals(t, pointwise(model)) ** 2) for t in x)
+    return lambda model: jnp.sum((jax.vmap(model)(x) - y) ** 2)
+
+
+@eqx.filter_jit
+def splitting_matrices(model: ShallowNetwork, loss: Callable) -> Array:
+    """Every hidden unit's splitting matrix, ``(width, dim + 1, dim + 1)``.
+
+    Unit ``j`` (``c sigma(w . x + b)``) split into two offspring with output weights ``c / 2``
+    at ``(w, b) +- eps v`` changes the model by ``(c eps^2 / 2) v^T Hess sigma v`` and
+    ``Phi`` by ``(eps^2 / 2) v^T S_j v + O(eps^4)``, with ``S_j`` the Hessian in the unit's
+    input parameters of ``<dPhi/df, c sigma>``: the derivative of ``Phi`` along the unit's own
+    function. A negative eigenvalue is a direction in which splitting lowers ``Phi`` where no
+    move of the unit itself can (at a stationary point); computed here by autodiff of
+    ``loss``, so it holds for any loss, collocation residuals included."""
+    dim = model.dim
+
+    def matrix(c, w, b):
+        def along(delta):
+            def with_unit(eta):
+                unit = ShallowNetwork(1, dim, c=(eta * c)[None], w=(w + delta[:dim])[None],
+                                      b=(b + delta[dim])[None], activation=model.activation,
+                                      dtype=model.dtype, output_scale=model.output_scale)
+                return loss(append_term(model, unit))
+
+            zero = jnp.zeros((), model.dtype)
+            return jax.jvp(with_unit, (zero,), (jnp.ones_like(zero),))[1]
+
+        return jax.hessian(along)(jnp.zeros(dim + 1, model.dtype))
+
+    return jax.vmap(matrix)(model.c, model.w, model.b)
+
+
+def split_unit(model: ShallowNetwork, loss: Callable, scale: float = 0.1):
+    """``model`` with the unit whose splitting matrix has the most negative eigenvalue split
+    into two offspring, ``c / 2`` each, at ``(w, b) +- eps v`` along its eigenvector
+    (``eps = scale * max(1, |(w, b)|)``); and that eigenvalue."""
+    values, vectors = jnp.linalg.eigh(splitting_matrices(model, loss))
+    j = int(jnp.argmin(values[:, 0]))
+    v = vectors[j, :, 0]
+    theta = jnp.concatenate([model.w[j], model.b[j][None]])
+    eps = scale * jnp.maximum(1.0, jnp.linalg.norm(theta))
+    dim = model.dim
+    moved = theta + eps * v
+    c = model.c.at[j].set(model.c[j] / 2)
+    w = model.w.at[j].set(theta[:dim] - eps * v[:dim])
+    b = model.b.at[j].set(theta[dim] - eps * v[dim])
+    halved = eqx.tree_at(lambda m: (m.c, m.w, m.b), model, (c, w, b))
+    offspring = ShallowNetwork(1, dim, c=c[j][None], w=moved[:dim][None], b=moved[dim:],
+                               activation=model.activation, dtype=model.dtype,
+                               output_scale=model.output_scale)
+    return append_term(halved, offspring), float(values[j, 0])
+
+
 def _grown_trainable(model: AbstractSumOfTerms, frozen):
     """The ``trainable`` spec of ``model`` when the first terms follow ``frozen`` (the start's
     spec, numpy leaves) and the terms added since are trainable."""
@@ -133,6 +191,7 @@ def expand(
     chunk_size: int | str | None = "auto",
     record_history: bool = False,
     verbose: bool = False,
+    growth: str = "terms",
     **solver_options,
 ) -> tuple[AbstractSumOfTerms, list[ExpansionStep]]:
     """Grow ``model`` a term (an AION rank) at a time until ``Phi <= target_loss`` or
@@ -152,6 +211,13 @@ def expand(
     from it can settle in a local minimum (on random AION targets every residual-fit start
     led to the same minimum where most random new terms reached the exact fit; see the
     benchmarks). ``candidates=1`` keeps the residual fit alone.
+
+    ``growth="split"`` (a `ShallowNetwork` only) grows by splitting instead: at each stage
+    the hidden unit whose splitting matrix (`splitting_matrices`) has the most negative
+    eigenvalue becomes two offspring with half its output weight each, moved apart along
+    that eigenvector, and the network is solved jointly (one candidate; no new random
+    term). Splitting lowers ``Phi`` at second order where the unit's own moves cannot;
+    which rule grows a given problem faster is measured in ``benchmarks/growth.py``.
 
     **Arguments:** ``model`` (the starting model, often one term), data as for `solve`
     (``x, y``, a `GridData`, or `Collocation` terms: a differential equation whose solution
@@ -203,6 +269,11 @@ def expand(
             f"{caller}: record_history=True is not supported (an expansion runs many solves); "
             "the returned list has each stage's figures."
         )
+    if growth not in ("terms", "split"):
+        raise ValueError(f"{caller}: `growth` must be 'terms' or 'split', got {growth!r}.")
+    if growth == "split" and not isinstance(model, ShallowNetwork):
+        raise TypeError(f"{caller}: growth='split' splits the hidden units of a "
+                        f"ShallowNetwork, got {type(model).__name__}.")
     snr = solver_from(solver, caller, solver_options)
     check_max_steps(max_steps, caller)
     new_term = new_term or default_new_term(model)
@@ -236,9 +307,19 @@ def expand(
         result=RESULTS[info.result], candidates=1,
     )]
     last = info
+    loss = _loss_function(terms, x, y) if growth == "split" else None
     while history[-1].loss > target_loss and model.num_terms < max_terms:
         began = time.perf_counter()
         steps = passes = 0
+        if growth == "split":
+            grown, _ = split_unit(model, loss)
+            model, last = run(grown, x, y, _grown_trainable(grown, frozen))
+            history.append(ExpansionStep(
+                terms=model.num_terms, loss=float(last.loss),
+                inner_steps=int(last.inner_steps), data_passes=int(last.data_passes) + 1,
+                seconds=time.perf_counter() - began, result=RESULTS[last.result], candidates=1,
+            ))
+            continue
         if terms is None:
             fit_x, fit_y = points, targets - jax.vmap(model)(points)
         else:
