@@ -11,6 +11,9 @@ is a Levenberg-Marquardt globalisation of Newton's method, built from small pure
 - `geodesic_correction`: Transtrum and Sethna's second-order correction ``a / 2``,
   ``(G + mu D) a = -J^T r_vv``, from the same factorisation; `geodesic_switch` turns it on
   once the loop creeps (``geodesic="auto"``);
+- `limit_step`: no step longer (in Moré's scaled norm) than twice the longest step taken
+  before it, nor, at the start, than ``step_factor`` times the scaled norm of the
+  parameters (MINPACK's ``factor``);
 - `gain_ratio` and `accepts`: the step is taken only if ``Phi`` falls and the quadratic model
   predicted a decrease;
 - `nielsen_damping`: ``mu *= max(1/3, 1 - (2 rho - 1)^3)`` on success, ``mu *= nu, nu *= 2``
@@ -87,6 +90,11 @@ class SNR(eqx.Module):
       accepted steps in a row decreased ``Phi`` by less than 0.75 of the predicted amount),
       ``True`` (every iteration) or ``False``.
     - ``initial_damping``: the starting ``mu`` relative to the scaling ``D``, ``> 0``.
+    - ``step_factor``: the longest first step, relative to the parameters, in Moré's scaled
+      norm (``||D^1/2 s|| <= step_factor ||D^1/2 theta||``, MINPACK's ``factor``; default 1);
+      after that a step may be at most twice as long as the longest one taken. A longer step
+      is shortened along its direction. ``None``: no limit (and none where the parameters
+      are all zero).
     - Convergence tests: ``loss_atol``, ``loss_rtol`` (``Phi <= atol + rtol Phi_0``),
       ``grad_atol``, ``grad_rtol`` (on ``max |grad Phi|``), ``ftol`` (relative decrease of
       ``Phi``, actual and predicted; default ``eps^0.625``) and ``xtol`` (relative step;
@@ -115,6 +123,7 @@ class SNR(eqx.Module):
     geodesic_ratio: float
     geodesic_threshold: float
     geodesic_patience: int
+    step_factor: float | None
 
     def __init__(
         self,
@@ -131,6 +140,7 @@ class SNR(eqx.Module):
         grad_rtol: Number = 0.0,
         fix_gauge: Flag = False,
         variable_projection: Flag = False,
+        step_factor: Number | None = 1.0,
     ):
         self.linear_solver = linear_solver_from(linear_solver)
         if hessian not in HESSIANS:
@@ -156,6 +166,7 @@ class SNR(eqx.Module):
         self.geodesic_ratio = 0.75
         self.geodesic_threshold = 0.75
         self.geodesic_patience = 5
+        self.step_factor = _number(step_factor, "step_factor", positive=True, optional=True)
         if self.hessian == "exact" and isinstance(self.linear_solver, CG):
             raise ValueError(
                 "SNR: linear_solver=CG needs a positive definite system, which the exact "
@@ -243,11 +254,18 @@ class SNR(eqx.Module):
             rounding_floor=(64 * eps * data_norm) ** 2,
             data_norm=data_norm,
         )
+        if self.step_factor is None:
+            radius = jnp.asarray(jnp.inf, dtype)
+        else:
+            size = jnp.linalg.norm(jnp.sqrt(effective_scaling(eq.diag))
+                                   * problem.theta.reshape(-1) * mask.astype(dtype))
+            radius = jnp.where(size > 0, self.step_factor * size, jnp.inf)
         return SNRState(
             delta=delta,
             eq=eq,
             blocks=blocks,
             scale=eq.diag,
+            radius=radius,
             mu=jnp.asarray(mu, dtype),
             nu=jnp.asarray(2.0, dtype),
             steps=jnp.asarray(0, jnp.int32),
@@ -289,6 +307,7 @@ class SNR(eqx.Module):
         s, geodesic_ok, passes = self._correct(problem, system, factors, velocity, passes,
                                                state.accelerate)
         s = project(now, s, bounds)
+        s, velocity, length = limit_step(s, velocity, system.scale, state.radius)
         eq_new, blocks_new = self.evaluate(problem, mask, state.delta + s)
         # The predicted decrease is the velocity's (the first-order step), as in Transtrum's
         # geodesic LM: an acceleration may only improve on it. Against the accelerated step's
@@ -306,6 +325,7 @@ class SNR(eqx.Module):
         accept = accepts(finite, geodesic_ok, predicted, ratio, eq_new.loss, state.eq.loss,
                          negligible, damped, resolution, state.initial_loss)
         mu, nu = nielsen_damping(state.mu, state.nu, accept, ratio, negligible)
+        radius = jnp.where(accept, jnp.maximum(state.radius, 2 * length), state.radius)
         creeping, accelerate = geodesic_switch(
             state.creeping, state.accelerate, accept & ~negligible, ratio,
             self.geodesic_threshold, self.geodesic_patience, hold=negligible,
@@ -340,6 +360,7 @@ class SNR(eqx.Module):
             eq=eq,
             blocks=blocks,
             scale=scale,
+            radius=radius,
             mu=mu,
             nu=nu,
             steps=state.steps + 1,
@@ -449,6 +470,7 @@ class SNRState(eqx.Module):
     eq: NormalEquations
     blocks: Array | None
     scale: Float[Array, " params"]
+    radius: Float[Array, ""]  # the longest step allowed (scaled norm): grows with the steps taken
     mu: Float[Array, ""]
     nu: Float[Array, ""]
     steps: Int[Array, ""]
@@ -476,6 +498,15 @@ def effective_scaling(scale: Array) -> Array:
     """The scaling with a floor, so that a parameter with zero curvature is still damped."""
     tiny = jnp.finfo(scale.dtype).tiny
     return jnp.maximum(scale, jnp.finfo(scale.dtype).eps * jnp.max(scale) + tiny)
+
+
+def limit_step(s, velocity, scale, radius):
+    """The step and its velocity shortened, along their direction, to the longest step
+    allowed (``||D^1/2 s|| <= radius``); returns ``(s, velocity, length)``."""
+    length = jnp.linalg.norm(jnp.sqrt(scale) * s)
+    t = jnp.where(length > radius, radius / length, 1.0)
+    t = jnp.where(jnp.isfinite(t), t, 1.0)
+    return s * t, velocity * t, length * t
 
 
 def geodesic_correction(problem, linear_solver, factors, system, velocity):
