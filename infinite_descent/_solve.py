@@ -66,10 +66,10 @@ def run_problem(problem: AbstractProblem, like, mask, run: RunOptions, solver: S
     out = iterate(solver, problem, mask, max_steps=run.max_steps,
                   record_history=run.record_history, verbose=run.verbose,
                   initial_damping=initial_damping, bounds=flat_bounds)
-    solved = problem.to_model(problem.theta + out.delta.reshape(problem.theta.shape), like)
+    solved = problem.to_model(out.theta.reshape(problem.theta.shape), like)
     history = None
     if out.history is not None:
-        thetas = problem.theta[None] + out.history.delta.reshape(-1, *problem.theta.shape)
+        thetas = out.history.theta.reshape(-1, *problem.theta.shape)
         history = SolveHistory(
             loss=out.history.loss,
             params=jax.vmap(

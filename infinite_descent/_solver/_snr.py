@@ -495,9 +495,14 @@ def more_scaling(previous: Array, diag: Array) -> Array:
 
 
 def effective_scaling(scale: Array) -> Array:
-    """The scaling with a floor, so that a parameter with zero curvature is still damped."""
+    """The scaling, with a floor where it is zero (a parameter that has had no effect yet),
+    so that such a parameter is still damped. Only there: a floor relative to the largest
+    entry (``eps max D``) is not invariant to the parameters' scales, and where columns of
+    ``J`` differ by more than ``1/sqrt(eps)`` it froze the small ones (NIST MGH10, whose
+    ``b1`` column grew to ``1e19`` against ``b2``'s ``1``)."""
     tiny = jnp.finfo(scale.dtype).tiny
-    return jnp.maximum(scale, jnp.finfo(scale.dtype).eps * jnp.max(scale) + tiny)
+    floor = jnp.finfo(scale.dtype).eps * jnp.max(scale) + tiny
+    return jnp.where(scale > 0, scale, floor)
 
 
 def limit_step(s, velocity, scale, radius):
@@ -631,15 +636,16 @@ class IterateHistory(NamedTuple):
     """The point after each inner iteration (index 0: the start); NaN past the last one."""
 
     loss: Array  # (max_steps + 1,)
-    delta: Array  # (max_steps + 1, M)
+    theta: Array  # (max_steps + 1, M): the parameters, flat, in the problem's layout
     damping: Array  # (max_steps + 1,)
     accepted: Array  # (max_steps + 1,) bool
 
 
 class IterateResult(NamedTuple):
-    """What the loop ends with: the shift, the counts and the result code."""
+    """What the loop ends with: the point reached (flat, in the problem's layout), the counts
+    and the result code."""
 
-    delta: Array
+    theta: Array
     loss: Array
     initial_loss: Array
     grad_norm: Array
@@ -651,10 +657,10 @@ class IterateResult(NamedTuple):
     history: IterateHistory | None
 
 
-def _record(history: IterateHistory, k, state) -> IterateHistory:
+def _record(history: IterateHistory, k, state, theta) -> IterateHistory:
     return IterateHistory(
         loss=history.loss.at[k].set(state.eq.loss),
-        delta=history.delta.at[k].set(state.delta),
+        theta=history.theta.at[k].set(theta + state.delta),
         damping=history.damping.at[k].set(state.mu),
         accepted=history.accepted.at[k].set(state.last.accepted),
     )
@@ -685,40 +691,57 @@ def iterate(
     iterations. ``mask`` is a boolean vector over the parameters (``False`` never moves);
     ``initial_damping`` (a traced scalar) overrides the solver's, so that a batch of solves
     can each resume with their own damping; ``bounds`` (flat, in the problem's layout) keep
-    every iterate in a box, the start inside it. Never returns a point worse than the start."""
+    every iterate in a box, the start inside it. Never returns a point worse than the start.
+
+    Where the problem can be re-based (`AbstractProblem.rebased`), the loop carries the
+    current point and expands about it after every iteration (``delta`` back to zero), so a
+    parameter that moves far below its start keeps its relative precision: with a fixed
+    start, ``start + delta`` lies on the grid of the start's rounding unit (NIST MGH10: ``b1``
+    from 2 to ``1e-54`` and back to ``5.6e-3``). Otherwise ``delta`` is the shift from the
+    fixed start."""
     state = solver.init(problem, mask, initial_damping, bounds)
+    theta0 = problem.theta.reshape(-1)
+    rebase = problem.rebased(problem.theta) is not None
+
+    def at(theta):
+        return problem.rebased(theta.reshape(problem.theta.shape)) if rebase else problem
+
     history = None
     if record_history:
         length = max_steps + 1
         nan = jnp.asarray(jnp.nan, problem.theta.dtype)
         history = IterateHistory(
             loss=jnp.full(length, nan),
-            delta=jnp.full((length, problem.num_params), nan),
+            theta=jnp.full((length, problem.num_params), nan),
             damping=jnp.full(length, nan),
             accepted=jnp.zeros(length, bool),
         )
-        history = _record(history, 0, state)
+        history = _record(history, 0, state, theta0)
 
     def cond(carry):
-        state, _ = carry
+        state, _, _ = carry
         return ~state.done & (state.steps < max_steps)
 
     def body(carry):
-        state, history = carry
-        state = solver.step(problem, mask, state, bounds)
+        state, theta, history = carry
+        state = solver.step(at(theta), mask, state, bounds)
+        if rebase:
+            # The point the step was evaluated at, bit for bit: theta + s.
+            theta = theta + state.delta
+            state = eqx.tree_at(lambda s: s.delta, state, jnp.zeros_like(state.delta))
         if verbose:
             _print(state)
         if history is not None:
-            history = _record(history, state.steps, state)
-        return state, history
+            history = _record(history, state.steps, state, theta)
+        return state, theta, history
 
-    state, history = jax.lax.while_loop(cond, body, (state, history))
+    state, theta, history = jax.lax.while_loop(cond, body, (state, theta0, history))
+    theta = theta + state.delta
     return IterateResult(
-        delta=state.delta,
+        theta=theta,
         loss=state.eq.loss,
         initial_loss=state.initial_loss,
-        grad_norm=2 * jnp.max(jnp.abs(projected_gradient(
-            problem.theta.reshape(-1) + state.delta, state.eq.g, bounds))),
+        grad_norm=2 * jnp.max(jnp.abs(projected_gradient(theta, state.eq.g, bounds))),
         inner_steps=state.steps,
         accepted_steps=state.accepted,
         data_passes=state.passes,
