@@ -32,7 +32,7 @@ PARAMETER_DIGITS, RSS_DIGITS, SE_DIGITS = 6, 6, 4
 # to stop 4-6 digits short certify since the default stop is the settling test; BoxBOD from
 # start 1 since a step may be at most twice as long as the longest before it (`step_factor`),
 # and MGH10 from start 1 since the loop re-bases residual problems on the current point (its
-# b1 passes through 1e-30, below the rounding unit of its start, 2) and floors the scaling only
+# b1 passes through 2e-53, far below the rounding unit of its start, 2) and floors the scaling only
 # where it is zero (its b1 column grows to 1e19 against b2's 1).
 XFAIL = {
     ("Lanczos1", 1): (

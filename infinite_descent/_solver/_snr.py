@@ -307,7 +307,7 @@ class SNR(eqx.Module):
         s, geodesic_ok, passes = self._correct(problem, system, factors, velocity, passes,
                                                state.accelerate)
         s = project(now, s, bounds)
-        s, velocity, length = limit_step(s, velocity, system.scale, state.radius)
+        s, velocity, length, limited = limit_step(s, velocity, system.scale, state.radius)
         eq_new, blocks_new = self.evaluate(problem, mask, state.delta + s)
         # The predicted decrease is the velocity's (the first-order step), as in Transtrum's
         # geodesic LM: an acceleration may only improve on it. Against the accelerated step's
@@ -318,8 +318,9 @@ class SNR(eqx.Module):
         actual = state.eq.loss - eq_new.loss
         ratio = gain_ratio(actual, predicted)
         finite = jnp.isfinite(eq_new.loss) & jnp.all(jnp.isfinite(s))
-        damped = damping_decided(state.mu, velocity, system.scale, curvature, state.eq.g,
-                                 state.eq.loss)
+        # A step the limit shortened, like one the damping decided, meets no convergence test.
+        damped = limited | damping_decided(state.mu, velocity, system.scale, curvature,
+                                           state.eq.g, state.eq.loss)
         resolution = loss_resolution(state.eq.loss, state.targets.data_norm)
         negligible = finite & (predicted >= 0) & (predicted <= resolution)
         accept = accepts(finite, geodesic_ok, predicted, ratio, eq_new.loss, state.eq.loss,
@@ -507,11 +508,12 @@ def effective_scaling(scale: Array) -> Array:
 
 def limit_step(s, velocity, scale, radius):
     """The step and its velocity shortened, along their direction, to the longest step
-    allowed (``||D^1/2 s|| <= radius``); returns ``(s, velocity, length)``."""
+    allowed (``||D^1/2 s|| <= radius``); returns ``(s, velocity, length, limited)``. A
+    shortened step is short because of the limit, not because the solve has converged."""
     length = jnp.linalg.norm(jnp.sqrt(scale) * s)
-    t = jnp.where(length > radius, radius / length, 1.0)
-    t = jnp.where(jnp.isfinite(t), t, 1.0)
-    return s * t, velocity * t, length * t
+    limited = jnp.isfinite(length) & (length > radius)
+    t = jnp.where(limited, radius / length, 1.0)
+    return s * t, velocity * t, jnp.where(limited, radius, length), limited
 
 
 def geodesic_correction(problem, linear_solver, factors, system, velocity):
@@ -697,7 +699,7 @@ def iterate(
     current point and expands about it after every iteration (``delta`` back to zero), so a
     parameter that moves far below its start keeps its relative precision: with a fixed
     start, ``start + delta`` lies on the grid of the start's rounding unit (NIST MGH10: ``b1``
-    from 2 to ``1e-54`` and back to ``5.6e-3``). Otherwise ``delta`` is the shift from the
+    from 2 to ``2e-53`` and back to ``5.6e-3``). Otherwise ``delta`` is the shift from the
     fixed start."""
     state = solver.init(problem, mask, initial_damping, bounds)
     theta0 = problem.theta.reshape(-1)
