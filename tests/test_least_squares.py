@@ -252,3 +252,20 @@ def test_a_flax_nnx_model_is_fitted_through_its_state():
     assert float(info.loss) <= 1.01 * float(theirs @ theirs) + 1e-20
     nnx.update(net, fit)
     np.testing.assert_allclose(float(jnp.sum((net(X) - Y) ** 2)), float(info.loss), rtol=1e-8)
+
+
+def test_parameters_far_below_their_start_and_columns_of_very_different_scale():
+    # The fitted point moves from a = 1 to 3e-20: measured from a fixed start, 1 + delta lies
+    # on the grid of 1's rounding unit (2.2e-16), and a floor of the scaling relative to its
+    # largest entry (eps * 1e40 against c's 7) froze c. Before the loop re-based on the current
+    # point and floored the scaling only where it is zero, this ended at max_steps with a = 0,
+    # c = -2.7e-5 and Phi = 117.
+    t = jnp.linspace(0.0, 1.0, 20)
+
+    def residuals(p, t):
+        return 1e20 * p["a"] * jnp.exp(-t) + p["c"] * t - (3.0 * jnp.exp(-t) + t)
+
+    fit, info = idn.least_squares(residuals, {"a": 1.0, "c": 0.0}, t)
+    assert info.result == idn.RESULTS.successful
+    np.testing.assert_allclose(float(fit["a"]), 3e-20, rtol=1e-12)
+    np.testing.assert_allclose(float(fit["c"]), 1.0, rtol=1e-12)

@@ -95,6 +95,15 @@ class AbstractProblem(eqx.Module):
         """Per-block diagonal blocks of the Hessian of ``Phi``, ``(blocks, m, m)``; with
         ``residual_only`` only the residual-weighted part ``2 sum_n r_n Hess f_n``."""
 
+    def rebased(self, theta: Array) -> AbstractProblem | None:
+        """This problem expanded about ``theta`` (this layout) instead of its start: the same
+        function of the parameters, evaluated at ``theta + delta``. The loop then carries the
+        current point and re-bases after every iteration, so that a parameter that moves far
+        below its start keeps its relative precision. ``None`` (the default): the problem
+        keeps its expansion point (AION's resummation computes its basis there)."""
+        del theta
+        return None
+
     @abc.abstractmethod
     def stack(self, tree) -> Array:
         """A pytree shaped like the model's parameters, in this problem's layout."""

@@ -69,6 +69,12 @@ class RegularizedProblem(AbstractProblem):
         return blocks + 2 * self.regularization * jnp.eye(blocks.shape[-1],
                                                           dtype=blocks.dtype)[None]
 
+    def rebased(self, theta: Array) -> AbstractProblem | None:
+        inner = self.inner.rebased(theta)
+        if inner is None:
+            return None
+        return eqx.tree_at(lambda p: (p.inner, p.theta), self, (inner, theta))
+
     def stack(self, tree) -> Array:
         return self.inner.stack(tree)
 

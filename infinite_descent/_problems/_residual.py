@@ -89,6 +89,9 @@ class ResidualProblem(AbstractProblem):
 
         return (2 * jax.hessian(weighted)(flat))[None]
 
+    def rebased(self, theta: Array) -> ResidualProblem:
+        return eqx.tree_at(lambda p: p.theta, self, theta)
+
     def stack(self, tree) -> Array:
         return ravel_pytree(tree)[0][None]
 

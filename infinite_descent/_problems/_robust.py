@@ -119,6 +119,12 @@ class RobustProblem(AbstractProblem):
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         return self.inner.residual_and_jacobian(delta)
 
+    def rebased(self, theta: Array) -> AbstractProblem | None:
+        inner = self.inner.rebased(theta)
+        if inner is None:
+            return None
+        return eqx.tree_at(lambda p: (p.inner, p.theta), self, (inner, theta))
+
     def stack(self, tree) -> Array:
         return self.inner.stack(tree)
 

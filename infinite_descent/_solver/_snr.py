@@ -11,6 +11,9 @@ is a Levenberg-Marquardt globalisation of Newton's method, built from small pure
 - `geodesic_correction`: Transtrum and Sethna's second-order correction ``a / 2``,
   ``(G + mu D) a = -J^T r_vv``, from the same factorisation; `geodesic_switch` turns it on
   once the loop creeps (``geodesic="auto"``);
+- `limit_step`: no step longer (in Moré's scaled norm) than twice the longest step taken
+  before it, nor, at the start, than ``step_factor`` times the scaled norm of the
+  parameters (MINPACK's ``factor``);
 - `gain_ratio` and `accepts`: the step is taken only if ``Phi`` falls and the quadratic model
   predicted a decrease;
 - `nielsen_damping`: ``mu *= max(1/3, 1 - (2 rho - 1)^3)`` on success, ``mu *= nu, nu *= 2``
@@ -90,6 +93,11 @@ class SNR(eqx.Module):
       accepted steps in a row decreased ``Phi`` by less than 0.75 of the predicted amount),
       ``True`` (every iteration) or ``False``.
     - ``initial_damping``: the starting ``mu`` relative to the scaling ``D``, ``> 0``.
+    - ``step_factor``: the longest first step, relative to the parameters, in Moré's scaled
+      norm (``||D^1/2 s|| <= step_factor ||D^1/2 theta||``, MINPACK's ``factor``; default 1);
+      after that a step may be at most twice as long as the longest one taken. A longer step
+      is shortened along its direction. ``None``: no limit (and none where the parameters
+      are all zero).
     - Convergence tests: ``loss_atol``, ``loss_rtol`` (``Phi <= atol + rtol Phi_0``),
       ``grad_atol``, ``grad_rtol`` (on ``max |grad Phi|``), ``ftol`` (relative decrease of
       ``Phi``, actual and predicted; default ``eps^0.625``) and ``xtol`` (relative step;
@@ -118,6 +126,7 @@ class SNR(eqx.Module):
     geodesic_ratio: float
     geodesic_threshold: float
     geodesic_patience: int
+    step_factor: float | None
 
     def __init__(
         self,
@@ -134,6 +143,7 @@ class SNR(eqx.Module):
         grad_rtol: Number = 0.0,
         fix_gauge: Flag = False,
         variable_projection: Flag = False,
+        step_factor: Number | None = 1.0,
     ):
         self.linear_solver = linear_solver_from(linear_solver)
         if hessian not in HESSIANS:
@@ -159,6 +169,7 @@ class SNR(eqx.Module):
         self.geodesic_ratio = 0.75
         self.geodesic_threshold = 0.75
         self.geodesic_patience = 5
+        self.step_factor = _number(step_factor, "step_factor", positive=True, optional=True)
         if self.hessian == "exact" and isinstance(self.linear_solver, CG):
             raise ValueError(
                 "SNR: linear_solver=CG needs a positive definite system, which the exact "
@@ -252,11 +263,18 @@ class SNR(eqx.Module):
             loss_unit=loss_unit,
             grad_unit=grad_unit,
         )
+        if self.step_factor is None:
+            radius = jnp.asarray(jnp.inf, dtype)
+        else:
+            size = jnp.linalg.norm(jnp.sqrt(effective_scaling(eq.diag))
+                                   * problem.theta.reshape(-1) * mask.astype(dtype))
+            radius = jnp.where(size > 0, self.step_factor * size, jnp.inf)
         return SNRState(
             delta=delta,
             eq=eq,
             blocks=blocks,
             scale=eq.diag,
+            radius=radius,
             mu=jnp.asarray(mu, dtype),
             nu=jnp.asarray(2.0, dtype),
             steps=jnp.asarray(0, jnp.int32),
@@ -298,6 +316,7 @@ class SNR(eqx.Module):
         s, geodesic_ok, passes = self._correct(problem, system, factors, velocity, passes,
                                                state.accelerate)
         s = project(now, s, bounds)
+        s, velocity, length, limited = limit_step(s, velocity, system.scale, state.radius)
         eq_new, blocks_new = self.evaluate(problem, mask, state.delta + s)
         # The predicted decrease is the velocity's (the first-order step), as in Transtrum's
         # geodesic LM: an acceleration may only improve on it. Against the accelerated step's
@@ -308,13 +327,15 @@ class SNR(eqx.Module):
         actual = state.eq.loss - eq_new.loss
         ratio = gain_ratio(actual, predicted)
         finite = jnp.isfinite(eq_new.loss) & jnp.all(jnp.isfinite(s))
-        damped = damping_decided(state.mu, velocity, system.scale, curvature, state.eq.g,
-                                 state.eq.loss)
+        # A step the limit shortened, like one the damping decided, meets no convergence test.
+        damped = limited | damping_decided(state.mu, velocity, system.scale, curvature,
+                                           state.eq.g, state.eq.loss)
         resolution = loss_resolution(state.eq.loss, state.targets.data_norm)
         negligible = finite & (predicted >= 0) & (predicted <= resolution)
         accept = accepts(finite, geodesic_ok, predicted, ratio, eq_new.loss, state.eq.loss,
                          negligible, damped, resolution, state.initial_loss)
         mu, nu = nielsen_damping(state.mu, state.nu, accept, ratio, negligible)
+        radius = jnp.where(accept, jnp.maximum(state.radius, 2 * length), state.radius)
         creeping, accelerate = geodesic_switch(
             state.creeping, state.accelerate, accept & ~negligible, ratio,
             self.geodesic_threshold, self.geodesic_patience, hold=negligible,
@@ -349,6 +370,7 @@ class SNR(eqx.Module):
             eq=eq,
             blocks=blocks,
             scale=scale,
+            radius=radius,
             mu=mu,
             nu=nu,
             steps=state.steps + 1,
@@ -462,6 +484,7 @@ class SNRState(eqx.Module):
     eq: NormalEquations
     blocks: Array | None
     scale: Float[Array, " params"]
+    radius: Float[Array, ""]  # the longest step allowed (scaled norm): grows with the steps taken
     mu: Float[Array, ""]
     nu: Float[Array, ""]
     steps: Int[Array, ""]
@@ -486,9 +509,24 @@ def more_scaling(previous: Array, diag: Array) -> Array:
 
 
 def effective_scaling(scale: Array) -> Array:
-    """The scaling with a floor, so that a parameter with zero curvature is still damped."""
+    """The scaling, with a floor where it is zero (a parameter that has had no effect yet),
+    so that such a parameter is still damped. Only there: a floor relative to the largest
+    entry (``eps max D``) is not invariant to the parameters' scales, and where columns of
+    ``J`` differ by more than ``1/sqrt(eps)`` it froze the small ones (NIST MGH10, whose
+    ``b1`` column grew to ``1e19`` against ``b2``'s ``1``)."""
     tiny = jnp.finfo(scale.dtype).tiny
-    return jnp.maximum(scale, jnp.finfo(scale.dtype).eps * jnp.max(scale) + tiny)
+    floor = jnp.finfo(scale.dtype).eps * jnp.max(scale) + tiny
+    return jnp.where(scale > 0, scale, floor)
+
+
+def limit_step(s, velocity, scale, radius):
+    """The step and its velocity shortened, along their direction, to the longest step
+    allowed (``||D^1/2 s|| <= radius``); returns ``(s, velocity, length, limited)``. A
+    shortened step is short because of the limit, not because the solve has converged."""
+    length = jnp.linalg.norm(jnp.sqrt(scale) * s)
+    limited = jnp.isfinite(length) & (length > radius)
+    t = jnp.where(limited, radius / length, 1.0)
+    return s * t, velocity * t, jnp.where(limited, radius, length), limited
 
 
 def geodesic_correction(problem, linear_solver, factors, system, velocity):
@@ -764,16 +802,28 @@ def iterate(
 
     A problem that can change units (`in_units`) is solved in units of its data, from its
     start's output scaled to the data; without bounds only (they are in the caller's units).
-    What is returned is in the caller's units."""
+    What is returned is in the caller's units.
+
+    Where the problem can be re-based (`AbstractProblem.rebased`), the loop carries the
+    current point and expands about it after every iteration (``delta`` back to zero), so a
+    parameter that moves far below its start keeps its relative precision: with a fixed
+    start, ``start + delta`` lies on the grid of the start's rounding unit (NIST MGH10: ``b1``
+    from 2 to ``2e-53`` and back to ``5.6e-3``). Otherwise ``delta`` is the shift from the
+    fixed start."""
     units, start = None, problem.theta.reshape(-1)
     if bounds is None:
         problem, units = in_units(problem, mask)
     dtype = problem.theta.dtype
-    theta = problem.theta.reshape(-1)
+    theta0 = problem.theta.reshape(-1)
     factors = jnp.ones((), dtype) if units is None else units.factors
     state = solver.init(problem, mask, initial_damping, bounds, units)
     if units is not None:
         state = eqx.tree_at(lambda s: s.passes, state, state.passes + units.passes)
+    rebase = problem.rebased(problem.theta) is not None
+
+    def at(theta):
+        return problem.rebased(theta.reshape(problem.theta.shape)) if rebase else problem
+
     history = None
     if record_history:
         length = max_steps + 1
@@ -784,26 +834,30 @@ def iterate(
             damping=jnp.full(length, nan),
             accepted=jnp.zeros(length, bool),
         )
-        history = _record(history, 0, state, theta, factors)
+        history = _record(history, 0, state, theta0, factors)
         if units is not None:  # the caller's start, before step zero
             history = history._replace(loss=history.loss.at[0].set(units.initial_loss),
                                        theta=history.theta.at[0].set(start))
 
     def cond(carry):
-        state, _ = carry
+        state, _, _ = carry
         going = ~state.done & (state.steps < max_steps)
         return going if step_limit is None else going & (state.steps < step_limit)
 
     def body(carry):
-        state, history = carry
-        state = solver.step(problem, mask, state, bounds)
+        state, theta, history = carry
+        state = solver.step(at(theta), mask, state, bounds)
+        if rebase:
+            # The point the step was evaluated at, bit for bit: theta + s.
+            theta = theta + state.delta
+            state = eqx.tree_at(lambda s: s.delta, state, jnp.zeros_like(state.delta))
         if verbose:
             _print(state)
         if history is not None:
             history = _record(history, state.steps, state, theta, factors)
-        return state, history
+        return state, theta, history
 
-    state, history = jax.lax.while_loop(cond, body, (state, history))
+    state, theta, history = jax.lax.while_loop(cond, body, (state, theta0, history))
     point = theta + state.delta
     return IterateResult(
         theta=point * factors,
