@@ -194,3 +194,12 @@ def test_many_fits_script(tmp_path):
             assert len(result["per_batch"][name]["batch_seconds"]) == result["fits"] // result[
                 "batch"]
     assert set(result["goals"]) >= {"at_least_100x_scipy", "at_least_3x_optimistix"}
+
+
+def test_growth_script(tmp_path):
+    run_module("benchmarks.growth", "--out", str(tmp_path), "--quick")
+    result = json.loads((tmp_path / "growth.json").read_text())
+    methods = {r["method"] for r in result["results"]}
+    assert methods == {"split", "add", "fixed"}
+    for r in result["results"]:
+        assert math.isfinite(r["median_loss"]) and r["median_loss"] >= 0 and r["inner_steps"] > 0

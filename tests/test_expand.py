@@ -1,5 +1,6 @@
 """expand: grow a model a term at a time."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -89,3 +90,43 @@ def test_expand_gets_past_the_local_minimum_the_residual_fit_leads_to():
     model, history = idn.expand(start, x, y, **options)
     assert model.rank == 4 and history[-1].loss < 1e-20 * scale
     assert history[-1].candidates > 1  # reached from a random candidate
+
+
+def test_splitting_matrix_predicts_the_change_of_a_split():
+    """Splitting unit j into two halves at (w, b) +- eps v changes Phi by
+    (eps^2 / 2) v^T S_j v + O(eps^4): the splitting matrix against the loss itself."""
+    from infinite_descent._expand import _loss_function, append_term, splitting_matrices
+
+    x = jnp.linspace(-1, 1, 200)[:, None]
+    y = jnp.sin(4 * x[:, 0]) + 0.5 * jnp.cos(9 * x[:, 0])
+    net = idn.ShallowNetwork(3, 1, key=jax.random.key(0))
+    loss = _loss_function(None, x, y)
+    S = splitting_matrices(net, loss)
+    assert S.shape == (3, 2, 2)
+    np.testing.assert_allclose(S, jnp.swapaxes(S, 1, 2), rtol=1e-12, atol=1e-12)
+    v, eps = jnp.array([0.6, 0.8]), 1e-3
+    for j in range(3):
+        c, w, b = net.c[j], net.w[j], net.b[j]
+        halved = eqx.tree_at(lambda m: (m.c, m.w, m.b), net,
+                             (net.c.at[j].set(c / 2), net.w.at[j].set(w - eps * v[:1]),
+                              net.b.at[j].set(b - eps * v[1])))
+        offspring = idn.ShallowNetwork(1, 1, c=(c / 2)[None], w=(w + eps * v[:1])[None],
+                                       b=(b + eps * v[1])[None])
+        change = loss(append_term(halved, offspring)) - loss(net)
+        np.testing.assert_allclose(change, 0.5 * eps**2 * v @ S[j] @ v, rtol=1e-4)
+
+
+def test_expand_by_splitting_grows_a_network():
+    x = jnp.linspace(-1, 1, 120)[:, None]
+    y = jnp.sin(4 * x[:, 0]) + 0.5 * jnp.cos(9 * x[:, 0])
+    net = idn.ShallowNetwork(2, 1, key=jax.random.key(0))
+    grown, history = idn.expand(net, x, y, max_terms=4, key=jax.random.key(1), growth="split",
+                                max_steps=100)
+    assert grown.c.shape == (4,) and [h.terms for h in history] == [2, 3, 4]
+    assert all(h.inner_steps > 0 and h.candidates == 1 for h in history)
+    assert history[-1].loss < history[0].loss
+    with pytest.raises(TypeError, match="splits the hidden units of a ShallowNetwork"):
+        idn.expand(idn.AION(1, 1, 1, key=jax.random.key(0)), x, y, max_terms=2,
+                   key=jax.random.key(1), growth="split")
+    with pytest.raises(ValueError, match="`growth` must be"):
+        idn.expand(net, x, y, max_terms=3, key=jax.random.key(1), growth="grow")
