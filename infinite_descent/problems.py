@@ -2,7 +2,8 @@
 
 - [`paper_toy`][infinite_descent.problems.paper_toy] /
   [`paper_toy_start`][infinite_descent.problems.paper_toy_start]: the toy of the paper's
-  Table 1.
+  Table 1; [`paper_toy_grid`][infinite_descent.problems.paper_toy_grid]: its points as
+  `GridData`.
 - [`random_toy_start`][infinite_descent.problems.random_toy_start]: random starts for the
   toy, from a documented distribution.
 - [`lanczos3`][infinite_descent.problems.lanczos3]: the NIST StRD ``Lanczos3`` certified
@@ -21,6 +22,7 @@ import numpy as np
 
 from ._models._aion import AION
 from ._models._base import default_float_dtype
+from ._problems._grid import GridData
 
 
 def paper_toy(dtype=None) -> tuple[jax.Array, jax.Array]:
@@ -40,6 +42,21 @@ def paper_toy(dtype=None) -> tuple[jax.Array, jax.Array]:
     x = np.stack([u.ravel(), v.ravel()], axis=1)
     y = np.cos(np.pi * (x[:, 0] - x[:, 1]))
     return jnp.asarray(x, dtype), jnp.asarray(y, dtype)
+
+
+def paper_toy_grid(dtype=None) -> GridData:
+    """The paper's toy as `GridData`: the same 625 points and targets as `paper_toy` (the
+    25 values of each axis, ``y`` of shape ``(25, 25)``), for the grid path of `solve`.
+
+    ```python
+    grid = idn.problems.paper_toy_grid()
+    model, info = idn.solve(idn.problems.paper_toy_start(), grid)
+    print(grid.y.shape, float(info.loss))             # (25, 25) ~1e-29
+    ```
+    """
+    x, y = paper_toy(dtype)
+    axis = x[::25, 0]
+    return GridData((axis, axis), y.reshape(25, 25))
 
 
 def paper_toy_start(dtype=None) -> AION:

@@ -11,7 +11,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 METHODS = {
-    "Infinite Descent", "Steepest Descent", "Newton-CG", "optimistix LevenbergMarquardt",
+    "Infinite Descent", "Infinite Descent (grid)", "Steepest Descent", "Newton-CG",
+    "optimistix LevenbergMarquardt",
     "optax L-BFGS", "optax Adam", "scipy least_squares",
 }
 

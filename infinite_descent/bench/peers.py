@@ -143,14 +143,18 @@ def _split(model: AION):
     return eqx.partition(model, eqx.is_inexact_array)
 
 
-def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
-    """One ``idn.solve_once`` update, jit-compiled, from the given start."""
+def infinite_descent(x, y, *, grid: idn.GridData | None = None, method: str =
+                     "Infinite Descent", **solve_options) -> Callable[..., MethodRun]:
+    """One ``idn.solve_once`` update, jit-compiled, from the given start. With ``grid`` (the
+    same points as ``x, y`` as a `GridData`) the solve runs on the grid path (its Kronecker
+    sums); the loss is reported on ``x, y`` either way."""
     opt = idn.solve_once(**solve_options)
+    data = {"x": x, "y": y} if grid is None else {"x": grid}
 
     @eqx.filter_jit
     def update(model):
         state = opt.init(model)
-        updates, state = opt.update(None, state, model, x=x, y=y)
+        updates, state = opt.update(None, state, model, **data)
         return eqx.apply_updates(model, updates), state
 
     def run(model: AION, repeats: int = 5, trace: bool = False,
@@ -159,7 +163,8 @@ def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
         extra = {}
         if trace:
             options = {k: v for k, v in solve_options.items() if k != "throw"}
-            _, info = idn.solve(model, x, y, throw=False, record_history=True, **options)
+            _, info = idn.solve(model, *data.values(), throw=False, record_history=True,
+                                **options)
             steps = int(info.inner_steps)
             history = info.history
             extra["trace"] = {
@@ -168,7 +173,7 @@ def infinite_descent(x, y, **solve_options) -> Callable[..., MethodRun]:
             }
             extra["iterates"] = jax.tree.map(lambda a: np.asarray(a[: steps + 1]), history.params)
         return MethodRun(
-            method="Infinite Descent",
+            method=method,
             final_loss=loss(final, x, y),
             outer_steps=1,
             inner_steps=int(state.inner_steps),

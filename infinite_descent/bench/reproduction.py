@@ -60,6 +60,11 @@ class Table1(NamedTuple):
     runs: dict[str, peers.MethodRun]
 
 
+# The toy's points are a 25 x 25 grid: the same solve on the grid path (the peers get the
+# same points as points).
+GRID = "Infinite Descent (grid)"
+
+
 def _paper_rows() -> list[dict[str, Any]]:
     return [
         {"source": "paper", "method": r["method"], "outer_steps": r["outer_steps"],
@@ -99,6 +104,7 @@ def measure(
 
     runners = {
         "Infinite Descent": peers.infinite_descent(x, y),
+        GRID: peers.infinite_descent(x, y, grid=problems.paper_toy_grid(), method=GRID),
         "Steepest Descent": peers.steepest_descent_armijo(x, y),
         "Newton-CG": peers.scipy_newton_cg(x, y),
         "optimistix LevenbergMarquardt": peers.optimistix_levenberg_marquardt(x, y),
