@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 LEVEL = 1e-20
 
@@ -40,7 +40,7 @@ def main() -> None:
     n = 500 if args.quick else 2000
     began = time.perf_counter()
     rows = []
-    for rank, dim in configs:
+    for rank, dim in progress(configs, "targets"):
         k1, k2 = jax.random.split(jax.random.key(1000 * rank + dim))
         target = idn.AION(rank, dim, 1, key=k1)
         x = jax.random.uniform(k2, (n, dim), minval=-1.0, maxval=1.0)

@@ -17,7 +17,7 @@ Meant for a GPU (it runs on a CPU too, slowly). The measuring code is
 
 from __future__ import annotations
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 
 def measure(n, rank, dtype):
@@ -56,11 +56,11 @@ def main() -> None:
     args = p.parse_args()
     print("devices:", jax.devices(), flush=True)
     rows = []
-    for dtype in (jnp.float64, jnp.float32):
+    for dtype in progress((jnp.float64, jnp.float32), "big step"):
         print(f"N = {args.n:,}, M = {32 * args.rank}, {jnp.dtype(dtype)} ...", flush=True)
         rows.append({"what": "big step", **measure(args.n, args.rank, dtype)})
         print(rows[-1], flush=True)
-    for n in args.sweep:
+    for n in progress(args.sweep, "sweep over N"):
         print(f"sweep N = {n:,}, M = 128 ...", flush=True)
         rows.append({"what": "sweep", **measure(n, 4, jnp.float64)})
     print_table(rows, [("what", "what"), ("N", "N"), ("M", "M"), ("dtype", "dtype"),

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 SHAPES = [(4, 4), (3, 3), (4, 3), (3, 4)]
 
@@ -77,7 +77,7 @@ def main() -> None:
     for spread, level in ((0.01, 1e-20), (0.10, 1e-16)):
         if spread not in spreads:
             continue
-        for i in problems:
+        for i in progress(problems, f"starts {spread:.0%} off"):
             name, start, x, y = _problem(i, spread, n)
             variants = {
                 "idn.solve (default)": dict(),
@@ -107,7 +107,7 @@ def main() -> None:
                 flush=True)
 
     multi = []
-    for i in problems if 0.3 in spreads else ():
+    for i in progress(problems, "starts 30% off") if 0.3 in spreads else ():
         name, start, x, y = _problem(i, 0.30, n)
         starts = draw.perturbed(start, 16, jax.random.key(7), 0.3)  # the ones multistart draws
         # Not one jitted function (segments run from Python): a warm-up call, then one timed.

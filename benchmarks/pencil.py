@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 
 def main() -> None:
@@ -30,43 +30,44 @@ def main() -> None:
     began = time.perf_counter()
     x = jnp.linspace(0.0, 1.0, 200)
     rows = []
-    for rank, terms in ((2, 1), (3, 1), (4, 1), (2, 2), (3, 2)):
-        for noise in (0.0, 1e-3):
-            solve = jax.jit(lambda m, y: idn.solve(m, x[:, None], y, throw=False))
-            counts = {"pencil": 0, "random": 0}
-            best_counts = {"pencil": 0, "random": 0}
-            times = {"pencil": [], "random": []}
-            for seed in range(10):
-                target = idn.AION(rank, 1, terms, key=jax.random.key(seed))
-                y = jax.vmap(target)(x[:, None])
-                y = y + noise * jnp.sqrt(jnp.mean(y * y)) * jax.random.normal(
-                    jax.random.key(100 + seed), y.shape)
-                scale = float(jnp.sum(y * y))
+    sizes = [(rank, terms, noise) for rank, terms in ((2, 1), (3, 1), (4, 1), (2, 2), (3, 2))
+             for noise in (0.0, 1e-3)]
+    for rank, terms, noise in progress(sizes, "target sizes"):
+        solve = jax.jit(lambda m, y: idn.solve(m, x[:, None], y, throw=False))
+        counts = {"pencil": 0, "random": 0}
+        best_counts = {"pencil": 0, "random": 0}
+        times = {"pencil": [], "random": []}
+        for seed in range(10):
+            target = idn.AION(rank, 1, terms, key=jax.random.key(seed))
+            y = jax.vmap(target)(x[:, None])
+            y = y + noise * jnp.sqrt(jnp.mean(y * y)) * jax.random.normal(
+                jax.random.key(100 + seed), y.shape)
+            scale = float(jnp.sum(y * y))
+            t0 = time.perf_counter()
+            start = idn.matrix_pencil(x, y, rank=rank, terms=terms)
+            _, info = jax.block_until_ready(solve(start, y))
+            times["pencil"].append(time.perf_counter() - t0)
+            losses = {"pencil": [float(info.loss)], "random": []}
+            for s in range(4):
+                start = idn.AION(rank, 1, terms, key=jax.random.key(1000 + 10 * seed + s))
                 t0 = time.perf_counter()
-                start = idn.matrix_pencil(x, y, rank=rank, terms=terms)
                 _, info = jax.block_until_ready(solve(start, y))
-                times["pencil"].append(time.perf_counter() - t0)
-                losses = {"pencil": [float(info.loss)], "random": []}
-                for s in range(4):
-                    start = idn.AION(rank, 1, terms, key=jax.random.key(1000 + 10 * seed + s))
-                    t0 = time.perf_counter()
-                    _, info = jax.block_until_ready(solve(start, y))
-                    times["random"].append(time.perf_counter() - t0)
-                    losses["random"].append(float(info.loss))
-                best = min(min(v) for v in losses.values())
-                for key in losses:
-                    if noise == 0.0:
-                        counts[key] += sum(v / scale < 1e-20 for v in losses[key])
-                    best_counts[key] += sum(v <= best * (1 + 1e-12) + 1e-30 * scale
-                                            for v in losses[key])
-            for key, tries in (("pencil", 10), ("random", 40)):
-                rows.append({
-                    "size": f"rank {rank}, {terms} term(s)", "noise": noise, "start": key,
-                    "tries": tries, "reach_best": best_counts[key],
-                    "below_1e-20": counts[key] if noise == 0.0 else None,
-                    "median_ms": 1e3 * float(np.median(times[key])),
-                })
-            print(rows[-2], rows[-1], flush=True)
+                times["random"].append(time.perf_counter() - t0)
+                losses["random"].append(float(info.loss))
+            best = min(min(v) for v in losses.values())
+            for key in losses:
+                if noise == 0.0:
+                    counts[key] += sum(v / scale < 1e-20 for v in losses[key])
+                best_counts[key] += sum(v <= best * (1 + 1e-12) + 1e-30 * scale
+                                        for v in losses[key])
+        for key, tries in (("pencil", 10), ("random", 40)):
+            rows.append({
+                "size": f"rank {rank}, {terms} term(s)", "noise": noise, "start": key,
+                "tries": tries, "reach_best": best_counts[key],
+                "below_1e-20": counts[key] if noise == 0.0 else None,
+                "median_ms": 1e3 * float(np.median(times[key])),
+            })
+        print(rows[-2], rows[-1], flush=True)
     lanczos = idn.problems.lanczos3()
     lanczos_rows = []
     for name, start in (("matrix pencil", idn.matrix_pencil(lanczos.x[:, 0], lanczos.y, rank=3,

@@ -45,7 +45,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks._common import REPO, machine, parser, print_table, write_json
+from benchmarks._common import REPO, machine, parser, print_table, progress, write_json
 
 import jax  # noqa: E402  (after _common sets float64; infinite_descent only in the worker)
 import numpy as np  # noqa: E402
@@ -268,7 +268,7 @@ def main() -> None:
         trees = {"baseline": Path(tmp), "current": REPO}
         print(f"baseline {args.baseline} = {commit[:12]} (extracted to {tmp}); "
               f"current = {REPO}", flush=True)
-        for r in range(rounds):
+        for r in progress(range(rounds), "rounds"):
             for version in ("baseline", "current"):
                 print(f"round {r + 1}/{rounds}: {version} ...", flush=True)
                 runs[version].append(_run_worker(trees[version], settings))

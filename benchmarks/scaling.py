@@ -24,7 +24,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks._common import REPO, machine, parser, print_table, write_json
+from benchmarks._common import REPO, machine, parser, print_table, progress, write_json
 
 N_SWEEP = [(1_000, None), (10_000, None), (100_000, None), (1_000_000, None),
            (4_000_000, 65536)]
@@ -77,11 +77,11 @@ def main() -> None:
 
     n_sweep, m_sweep = (QUICK_N, QUICK_M) if args.quick else (N_SWEEP, M_SWEEP)
     rows = []
-    for n, chunk in n_sweep:
+    for n, chunk in progress(n_sweep, "sweep over N"):
         print(f"N = {n:,}{' (chunks of %d)' % chunk if chunk else ''} ...", flush=True)
         rows.append({"sweep": "N", **_run_subprocess(n, 4, 4, 2, chunk, args.steps,
                                                       args.repeats, "dense")})
-    for rank, dim, terms in m_sweep:
+    for rank, dim, terms in progress(m_sweep, "sweep over M"):
         print(f"M = {4 * rank * dim * terms} ...", flush=True)
         rows.append({"sweep": "M", **_run_subprocess(10_000, rank, dim, terms, None,
                                                       args.steps, args.repeats, "dense")})

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 FREQS = (1, 3, 8)
 N = 64
@@ -191,21 +191,22 @@ def main() -> None:
                  @ eigvec.T,
                  "seconds_per_iteration": None, "passes_per_iteration": None,
                  "all_descent": None})
-    for hessian in ("exact", "gauss_newton"):
-        for lam in (1.0, 1e-1, 1e-2, 1e-4):
-            residuals, per_step, passes, descent = _run_newton(
-                net, x, y, newton_steps, regularization=lam, hessian=hessian)
-            runs.append({"method": f"Newton ({hessian}), lambda {lam:g}", "residuals": residuals,
-                         "seconds_per_iteration": per_step, "passes_per_iteration": passes,
-                         "all_descent": descent})
-            print(f"  {runs[-1]['method']}: done", flush=True)
+    newton = [(hessian, lam) for hessian in ("exact", "gauss_newton")
+              for lam in (1.0, 1e-1, 1e-2, 1e-4)]
+    for hessian, lam in progress(newton, "Newton"):
+        residuals, per_step, passes, descent = _run_newton(
+            net, x, y, newton_steps, regularization=lam, hessian=hessian)
+        runs.append({"method": f"Newton ({hessian}), lambda {lam:g}", "residuals": residuals,
+                     "seconds_per_iteration": per_step, "passes_per_iteration": passes,
+                     "all_descent": descent})
+        print(f"  {runs[-1]['method']}: done", flush=True)
     lr = 1.0 / float(eig[-1])
     residuals, per_step = _run_optax(net, x, y, optax.sgd(lr), first_order_steps)
     runs.append({"method": f"gradient descent, step 1/lambda_max = {lr:.3g}",
                  "residuals": residuals, "seconds_per_iteration": per_step,
                  "passes_per_iteration": 1, "all_descent": None})
     best = None
-    for adam_lr in (1e-2, 1e-3, 1e-4):
+    for adam_lr in progress((1e-2, 1e-3, 1e-4), "Adam learning rates"):
         residuals, per_step = _run_optax(net, x, y, optax.adam(adam_lr), first_order_steps)
         final = float(np.sum(residuals[-1] ** 2))
         if best is None or final < best[0]:
@@ -216,14 +217,15 @@ def main() -> None:
     print("  gradient descent and Adam: done", flush=True)
     # The lazy regime: the same network and frequencies, the target scaled down, so that the
     # steps stay where the network is close to its linearisation.
-    for amplitude in AMPLITUDES:
-        for hessian in ("exact", "gauss_newton"):
-            residuals, per_step, passes, descent = _run_newton(
-                net, x, amplitude * y, newton_steps, regularization=1e-4, hessian=hessian)
-            runs.append({"method": f"Newton ({hessian}), lambda 0.0001, target x {amplitude:g}",
-                         "residuals": residuals, "y": amplitude * y,
-                         "seconds_per_iteration": per_step, "passes_per_iteration": passes,
-                         "all_descent": descent})
+    lazy = [(amplitude, hessian) for amplitude in AMPLITUDES
+            for hessian in ("exact", "gauss_newton")]
+    for amplitude, hessian in progress(lazy, "scaled-down targets"):
+        residuals, per_step, passes, descent = _run_newton(
+            net, x, amplitude * y, newton_steps, regularization=1e-4, hessian=hessian)
+        runs.append({"method": f"Newton ({hessian}), lambda 0.0001, target x {amplitude:g}",
+                     "residuals": residuals, "y": amplitude * y,
+                     "seconds_per_iteration": per_step, "passes_per_iteration": passes,
+                     "all_descent": descent})
     print("  scaled-down targets: done", flush=True)
 
     rows = []

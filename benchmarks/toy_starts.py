@@ -16,7 +16,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 import infinite_descent as idn  # noqa: E402  (after _common sets float64)
 from infinite_descent.bench import peers  # noqa: E402
@@ -36,7 +36,7 @@ def run(starts: int, repeats: int) -> dict:
             for i in range(starts)
         ]
         records = []
-        for name, model in models:
+        for name, model in progress(models, label):
             a = ours(model, repeats)
             b = lm(model, repeats)
             records.append((a, b))

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 LEVEL = 1e-20
 
@@ -103,7 +103,7 @@ def main() -> None:
     began = time.perf_counter()
     solver = optx.LevenbergMarquardt(rtol=1e-12, atol=1e-12)
     rows = []
-    for prob in _problems(args.quick):
+    for prob in progress(_problems(args.quick), "problems"):
         x, y = prob["x"], prob["y"]
         scale = float(jnp.sum(y * y))
         print(f"{prob['name']} ...", flush=True)
@@ -140,7 +140,7 @@ def main() -> None:
             "optimistix LM, projected": projected_lm,
         }
         results = {name: [] for name in methods}
-        for i in range(args.starts):
+        for i in progress(range(args.starts), "starts"):
             start = idn.AION(prob["rank"], prob["dim"], prob["terms"], key=jax.random.key(i))
             for name, fn in methods.items():
                 # One warm-up (compilation), then one timed run.

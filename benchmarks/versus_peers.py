@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._common import machine, parser, print_table, write_json
+from benchmarks._common import machine, parser, print_table, progress, write_json
 
 METHODS = ("Infinite Descent", "optimistix LevenbergMarquardt", "scipy least_squares",
            "optax L-BFGS", "optax Adam")
@@ -119,7 +119,7 @@ def main() -> None:
     args = p.parse_args()
     began = time.perf_counter()
     results = []
-    for prob in _problems(args.quick):
+    for prob in progress(_problems(args.quick), "problems"):
         # Whole words: "N=100000" must not pick "N=1000000" too.
         if args.only and not any(f" {word} " in f" {prob['name']} "
                                  for word in args.only.split(",")):
@@ -151,7 +151,7 @@ def main() -> None:
             # Compiled once per method and problem (every start has the same shapes): the
             # first start's run is preceded by a warm-up, the others reuse it.
             runs[name] = [runner(prob["start"](i), repeats=1, trace=True, warmup=i == 0)
-                          for i in range(args.starts)]
+                          for i in progress(range(args.starts), name)]
             print(f"  {name}: {time.perf_counter() - t0:.0f} s", flush=True)
         scale = float(np.sum(np.asarray(y) ** 2))
         level = prob["target"] * scale
