@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -84,51 +83,10 @@ def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
 
 
 def progress(iterable, description: str, total: int | None = None):
-    """``iterable`` with a tqdm progress bar on stderr, cleared when the loop ends.
-
-    For the outer loops of a benchmark (problems, starts, sizes, rounds), whose iterations take
-    seconds: the bar moves between iterations, never inside a timed region. While the loop
-    runs, whole lines written to stdout go to the same stdout, the bar cleared before them and
-    drawn again after, so that what a script prints is unchanged and not broken by the bar.
-    """
+    """``iterable`` with a tqdm progress bar on stderr (stdout keeps the printed tables),
+    cleared when the loop ends. For the outer loops of a benchmark (problems, starts, sizes,
+    rounds), whose iterations take seconds: the bar moves between iterations, never inside a
+    timed region."""
     from tqdm.auto import tqdm
 
-    bar = tqdm(iterable, desc=description, total=total, leave=False, file=sys.stderr)
-    return _lines_above(bar)
-
-
-def _lines_above(bar):
-    with bar, contextlib.redirect_stdout(_AboveBar(sys.stdout, bar)) as stream:
-        try:
-            yield from bar
-        finally:
-            stream.close()
-
-
-class _AboveBar:
-    """A stdout that writes whole lines only, with ``bar`` cleared around them."""
-
-    def __init__(self, stream, bar):
-        self._stream, self._bar, self._pending = stream, bar, ""
-
-    def write(self, text: str) -> int:
-        lines, newline, self._pending = (self._pending + text).rpartition("\n")
-        if newline:
-            self._bar.clear()
-            self._stream.write(lines + newline)
-            self._stream.flush()
-            self._bar.refresh()
-        return len(text)
-
-    def flush(self) -> None:
-        self._stream.flush()
-
-    def close(self) -> None:
-        """Write what is left of a line (not the stream's own close)."""
-        if self._pending:
-            self._stream.write(self._pending)
-            self._pending = ""
-        self._stream.flush()
-
-    def __getattr__(self, name):
-        return getattr(self._stream, name)
+    return tqdm(iterable, desc=description, total=total, leave=False, file=sys.stderr)
