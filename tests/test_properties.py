@@ -104,3 +104,60 @@ def test_F_agrees_with_autodiff(shape, seed, y_scale, x_scale, noise, delta_size
     got, want = (jnp.concatenate([a.ravel() for a in jax.tree.leaves(t)]) for t in (got, want))
     scale = float(jnp.linalg.norm(want))
     assert float(jnp.linalg.norm(got - want)) <= 1e-10 * scale + 1e-290
+
+
+# The widened property (issue 17): the algorithm's choices, the data's scale over the dtype's
+# range, the initial damping over many orders, float32; and "successful" must mean the loss
+# stopped falling: a fresh solve from the returned model finds no real decrease.
+CHOICES = [  # (linear_solver, hessian, variable_projection)
+    ("dense", "gauss_newton", False),
+    ("cg", "gauss_newton", False),
+    ("woodbury", "gauss_newton", False),
+    ("block", "gauss_newton", False),
+    ("dense", "exact", False),
+    ("dense", "gauss_newton", True),
+]
+WIDE_SHAPES = [(1, 1, 2, False, 30), (2, 2, 1, False, 40)]
+
+
+@functools.cache
+def _chosen_solver(linear_solver, hessian, projection):
+    return jax.jit(functools.partial(
+        idn.solve, max_steps=200, throw=False, linear_solver=linear_solver, hessian=hessian,
+        variable_projection=projection))
+
+
+@settings(max_examples=30, deadline=None, derandomize=True)
+@given(shape=st.sampled_from(WIDE_SHAPES), seed=st.integers(0, 2**31 - 1),
+       choice=st.sampled_from(CHOICES), float32=st.booleans(),
+       exponent=st.floats(-1.0, 1.0), damping_exponent=st.integers(-8, 8))
+def test_successful_means_converged_over_choices_scales_and_dampings(
+        shape, seed, choice, float32, exponent, damping_exponent):
+    dtype = jnp.float32 if float32 else jnp.float64
+    # Targets scaled by 10^k, k over most of the dtype's exponent range (squares finite).
+    largest = 15 if float32 else 140
+    y_scale = 10.0 ** round(exponent * largest)
+    start, x, y = _problem(shape, seed, 1.0, 1.0, 0.0)
+    cast = functools.partial(jax.tree.map, lambda a: a.astype(dtype) if eqx.is_inexact_array(a)
+                             else a)
+    start, x, y = cast(start), x.astype(dtype), (y * y_scale).astype(dtype)
+    solve = _chosen_solver(*choice)
+    damping = jnp.asarray(10.0 ** damping_exponent, dtype)
+    model, info = solve(start, x, y, initial_damping=damping)
+    initial, final = float(_loss(start, x, y)), float(_loss(model, x, y))
+    assert all(bool(jnp.all(jnp.isfinite(a))) for a in jax.tree.leaves(model)
+               if eqx.is_inexact_array(a))
+    assert final <= initial * (1 + 1e-5) or not np.isfinite(initial)
+    if info.result != idn.RESULTS.successful:
+        assert info.result in (idn.RESULTS.max_steps_reached, idn.RESULTS.stalled,
+                               idn.RESULTS.singular_projection)
+        return
+    # Successful: at the rounding floor of the data, or a fresh solve from the returned model
+    # (damping reset) cannot lower Phi by more than a small fraction.
+    eps = float(jnp.finfo(dtype).eps)
+    floor = 1e4 * x.shape[0] * eps**2 * float(jnp.sum(y.astype(jnp.float64) ** 2))
+    if final <= floor:
+        return
+    again, _ = solve(model, x, y, initial_damping=jnp.asarray(1e-3, dtype))
+    assert float(_loss(again, x, y)) >= (1 - 1e-2) * final, (
+        "reported successful, but a restart lowered Phi by more than 1%")
