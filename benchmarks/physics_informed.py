@@ -539,12 +539,15 @@ def _plain_aion(model):
                      dim=model.dim)
 
 
-def jacobian_cost(system, repeats: int, whole_solve: bool) -> dict:
-    """One inner iteration of `idn.solve` (``max_steps=1``: the residuals and their Jacobian
-    at the start, the damped step, the candidate's residuals) on the AION, whose derivatives
-    come from the closed form, against the same on `_plain_aion` (automatic differentiation),
-    same parameters, median of ``repeats`` after a warm-up; with ``whole_solve`` also the
-    whole solve both ways."""
+def iteration_cost(system, repeats: int, steps: int = 21) -> dict:
+    """The cost of one inner iteration of `idn.solve` on the AION, whose derivatives come
+    from the closed form, against the same on `_plain_aion` (automatic differentiation),
+    same start and solver: ``(t(max_steps=steps) - t(max_steps=1)) / (steps - 1)``, medians of
+    ``repeats`` timed calls after a warm-up, from a random start that converges in neither
+    (each iteration evaluates the residuals and their Jacobian, solves the damped system and
+    evaluates the candidate; a geodesic iteration one pass more). ``t(max_steps=1)`` is
+    reported too: the fixed cost of a call (checks, tracing the residuals' shapes, dispatch,
+    the start's evaluation)."""
     import jax
 
     import infinite_descent as idn
@@ -553,24 +556,18 @@ def jacobian_cost(system, repeats: int, whole_solve: bool) -> dict:
     plain = _plain_aion(model)
     terms = system["terms"]
     row = {"system": system["name"], "N": system["points"], "M": model.num_params,
-           "repeats": repeats}
-    agree = relative_error(plain, model, system["test"][:200])
-    row["models_agree_to"] = agree
+           "repeats": repeats, "steps": steps,
+           "models_agree_to": relative_error(plain, model, system["test"][:200])}
     for label, start in (("closed_form", model), ("plain_autodiff", plain)):
-        seconds, _ = timed(lambda start=start: idn.solve(start, terms, max_steps=1,
-                                                         throw=False), repeats)
-        row[f"{label}_ms"] = 1e3 * seconds
-        if whole_solve:
-            seconds, (fit, info) = timed(lambda start=start: idn.solve(
-                start, terms, max_steps=500, throw=False), 1)
-            row[f"{label}_whole_solve_s"] = seconds
-            row[f"{label}_whole_solve_iterations"] = int(info.inner_steps)
-            row[f"{label}_whole_solve_error"] = relative_error(fit, system["exact"],
-                                                               system["test"])
-    row["speedup"] = row["plain_autodiff_ms"] / row["closed_form_ms"]
-    if whole_solve:
-        row["whole_solve_speedup"] = (row["plain_autodiff_whole_solve_s"]
-                                      / row["closed_form_whole_solve_s"])
+        times = {}
+        for k in (1, steps):
+            times[k], (_, info) = timed(lambda start=start, k=k: idn.solve(
+                start, terms, max_steps=k, throw=False), repeats)
+        row[f"{label}_call_ms"] = 1e3 * times[1]
+        row[f"{label}_ms_per_iteration"] = 1e3 * (times[steps] - times[1]) / (steps - 1)
+        row[f"{label}_iterations"] = int(info.inner_steps)
+        row[f"{label}_passes"] = int(info.data_passes)
+    row["speedup"] = row["plain_autodiff_ms_per_iteration"] / row["closed_form_ms_per_iteration"]
     return row
 
 
@@ -582,8 +579,13 @@ def main() -> None:
 
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
-    p.add_argument("--skip-peers", action="store_true", help="our solves only")
+    p.add_argument("--skip-peers", action="store_true", help="no peers")
+    p.add_argument("--parts", default="systems,outside,cost",
+                   help="comma-separated parts to run: systems (ours, and the peers unless "
+                        "--skip-peers), outside (outside AION's class), cost (one iteration, "
+                        "closed form against autodiff)")
     args = p.parse_args()
+    parts = set(args.parts.split(","))
     quick = args.quick
     began = time.perf_counter()
     load_at_start = os.getloadavg()
@@ -599,7 +601,7 @@ def main() -> None:
 
     # 1. our solves
     rows, by_name = [], {}
-    for system in systems(quick):
+    for system in systems(quick) if "systems" in parts else ():
         print(f"{system['name']} ...", flush=True)
         row = solve_ours(system, max_steps, seeds)
         rows.append(row)
@@ -607,28 +609,30 @@ def main() -> None:
         payload["systems"] = rows
         save()
     burgers = []
-    for rank, P in burgers_settings(quick):
+    for rank, P in burgers_settings(quick) if "systems" in parts else ():
         print(f"1-D + time viscous Burgers, rank {rank}, {P} terms per atom ...", flush=True)
         burgers.append(solve_ours(_burgers(quick, rank, P), min(max_steps, 300), seeds))
         payload["burgers_by_rank"] = burgers
         save()
-    rows.append(burgers[-1])
-    payload["systems"] = rows
+    if burgers:
+        rows.append(burgers[-1])
+        payload["systems"] = rows
     columns = [("system", "system"), ("rank", "rank"), ("num_params", "params"),
                ("points", "points"), ("relative_error", "rel. L2 error"),
                ("talk_relative_error", "talk"), ("goal", "goal"), ("goal_met", "met"),
                ("inner_steps", "iterations"), ("data_passes", "passes"), ("wall_s", "wall s"),
                ("seeds_tried", "seeds"), ("wall_s_all_seeds_tried", "wall s, all seeds")]
-    print_table(rows, columns)
-    print("\nBurgers against the rank:")
-    print_table(burgers, [("rank", "rank"), ("terms_per_atom", "terms"),
-                          ("num_params", "params"), ("relative_error", "rel. L2 error"),
-                          ("loss", "Phi"), ("inner_steps", "iterations"), ("wall_s", "wall s"),
-                          ("converged", "converged")])
+    if rows:
+        print_table(rows, columns)
+        print("\nBurgers against the rank:")
+        print_table(burgers, [("rank", "rank"), ("terms_per_atom", "terms"),
+                              ("num_params", "params"), ("relative_error", "rel. L2 error"),
+                              ("loss", "Phi"), ("inner_steps", "iterations"),
+                              ("wall_s", "wall s"), ("converged", "converged")])
     save()
 
     # 2. peers
-    if not args.skip_peers:
+    if "systems" in parts and not args.skip_peers:
         peers, goals = [], []
         for name in ("2-D Poisson", "2-D Poisson-Boltzmann")[: 1 if quick else 2]:
             system = by_name[name]
@@ -701,24 +705,26 @@ def main() -> None:
             save()
 
     # 3. outside the class
-    print("outside AION's class ...", flush=True)
-    payload["outside_class"] = outside_class(quick, 20 if quick else 300)
-    print_table(payload["outside_class"], [("solution", "solution"), ("how", "how"),
-                                           ("rank", "rank"), ("num_params", "params"),
-                                           ("relative_error", "rel. L2 error"),
-                                           ("loss", "Phi")])
-    save()
+    if "outside" in parts:
+        print("outside AION's class ...", flush=True)
+        payload["outside_class"] = outside_class(quick, 20 if quick else 300)
+        print_table(payload["outside_class"], [("solution", "solution"), ("how", "how"),
+                                               ("rank", "rank"), ("num_params", "params"),
+                                               ("relative_error", "rel. L2 error"),
+                                               ("loss", "Phi")])
+        save()
 
     # 4. the closed form against plain autodiff
-    cost = [jacobian_cost(s, 3 if quick else 20, whole_solve=s["dim"] == 2)
-            for s in systems(quick) if s["name"] in ("2-D Poisson", "4-D Poisson-Boltzmann")]
-    payload["jacobian_cost"] = cost
+    cost = [iteration_cost(s, 3 if quick else 7, 3 if quick else 21)
+            for s in systems(quick) if "cost" in parts
+            and s["name"] in ("2-D Poisson", "4-D Poisson-Boltzmann")]
+    payload["iteration_cost"] = cost
     print_table(cost, [("system", "system"), ("N", "N"), ("M", "M"),
-                       ("closed_form_ms", "one iteration ms, closed form"),
-                       ("plain_autodiff_ms", "autodiff"), ("speedup", "speedup"),
-                       ("closed_form_whole_solve_s", "whole solve s, closed form"),
-                       ("plain_autodiff_whole_solve_s", "autodiff"),
-                       ("whole_solve_speedup", "speedup")])
+                       ("closed_form_ms_per_iteration", "ms / iteration, closed form"),
+                       ("plain_autodiff_ms_per_iteration", "autodiff"), ("speedup", "speedup"),
+                       ("closed_form_passes", "passes"), ("plain_autodiff_passes", "passes"),
+                       ("closed_form_call_ms", "ms per call (fixed)"),
+                       ("plain_autodiff_call_ms", "autodiff")])
     assert all(math.isfinite(c["speedup"]) for c in cost)
     path = save()
     print(f"\nwrote {path} ({time.perf_counter() - began:.0f} s)")
