@@ -204,3 +204,36 @@ def test_growth_script(tmp_path):
     assert methods == {"split", "add", "fixed"}
     for r in result["results"]:
         assert math.isfinite(r["median_loss"]) and r["median_loss"] >= 0 and r["inner_steps"] > 0
+
+
+def test_physics_informed_script(tmp_path):
+    run_module("benchmarks.physics_informed", "--out", str(tmp_path), "--quick")
+    result = json.loads((tmp_path / "physics_informed.json").read_text())
+    rows = result["systems"]
+    assert [r["system"] for r in rows] == ["2-D Poisson", "1-D + time viscous Burgers"]
+    for r in rows:
+        assert r["num_params"] == 4 * r["rank"] * r["terms_per_atom"] * 2
+        assert 1 <= r["seeds_tried"] == len(r["runs"]) <= 3
+        assert r["goal_met"] == (r["relative_error"] < r["goal"])
+        for key in ("relative_error", "loss", "wall_s", "talk_relative_error"):
+            assert math.isfinite(r[key]) and r[key] >= 0, key
+        assert 0 < r["inner_steps"] <= r["data_passes"] <= 2 * r["inner_steps"] + 1
+    assert [b["rank"] for b in result["burgers_by_rank"]] == [1]
+    methods = [p["method"] for p in result["peers"]]
+    assert len(methods) == 4 and methods[0].startswith("idn.solve")
+    assert any("Adam" in m for m in methods) and any("optimistix" in m for m in methods)
+    for p in result["peers"]:
+        assert math.isfinite(p["relative_error"]) and p["wall_s"] >= 0
+    [goals] = result["peer_goals"]
+    assert set(goals) >= {"at_least_1000x_below_adam_lbfgs_at_equal_time",
+                          "below_gauss_newton_mlp",
+                          "at_least_5x_faster_than_optimistix_to_the_same_error"}
+    adam = next(p for p in result["peers"] if "Adam" in p["method"])
+    assert [t["wall_s"] for t in adam["trace"]] == sorted(t["wall_s"] for t in adam["trace"])
+    assert {o["how"] for o in result["outside_class"]} == {"fixed rank, best of seeds",
+                                                           "idn.expand"}
+    assert all(math.isfinite(o["relative_error"]) for o in result["outside_class"])
+    [cost] = result["iteration_cost"]
+    assert cost["closed_form_call_ms"] > 0 and cost["plain_autodiff_call_ms"] > 0
+    assert math.isfinite(cost["speedup"])
+    assert cost["models_agree_to"] < 1e-12  # the same function both ways
