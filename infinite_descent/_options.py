@@ -280,7 +280,8 @@ def prepare(model, x, y, caller: str, solver: SNR, *, max_steps=256, trainable=N
         shape = x.shape if isinstance(x, GridData) else (num_data,)
         weights = check_weights(weights, shape, dtype, caller, solver)
     regularization = check_regularization(regularization, dtype, caller)
-    bounds = check_bounds(bounds, eqx.filter(model, eqx.is_inexact_array), caller, solver)
+    if bounds is not None:
+        bounds = check_bounds(bounds, eqx.filter(model, eqx.is_inexact_array), caller, solver)
     run = RunOptions(max_steps, chunk_size, record_history, verbose, throw)
     return Prepared(x, y, trainable, run, solver, weights, regularization, bounds)
 
