@@ -171,6 +171,7 @@ def _landscape(table: Table1, axes: tuple[str, str], extent, resolution: int = 1
 
 _STYLE = {
     "Infinite Descent": dict(color="limegreen", lw=2.2, marker="o", ms=4),
+    GRID: dict(color="darkgreen", lw=1.4, ls=":", marker="s", ms=3),
     "Steepest Descent": dict(color="deepskyblue", lw=1.2),
     "Newton-CG": dict(color="magenta", lw=1.6, marker=".", ms=5),
     "optimistix LevenbergMarquardt": dict(color="darkorange", lw=1.4),
