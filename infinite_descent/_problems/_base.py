@@ -185,6 +185,56 @@ def residual_geodesic_rhs(residuals, delta: Array, v: Array) -> Array:
     return pullback(r_vv)[0]
 
 
+class AbstractResidualProblem(AbstractProblem):
+    """A problem given by its whole residual vector ``residuals(delta)`` and its Jacobian
+    ``residual_and_jacobian(delta)`` (``N x M``, formed): every sum of the interface from
+    them, the products by JVPs and VJPs, the blocks of ``J^T J`` and of the Hessian cut out
+    of the full matrices along ``theta``'s leading axis. For residual functions and
+    collocation terms, whose residuals have no per-term structure to sum by."""
+
+    @abc.abstractmethod
+    def residuals(self, delta: Array) -> Array:
+        """The residuals at ``theta + delta``, raveled to ``(N,)``."""
+
+    @abc.abstractmethod
+    def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
+        """``(r, J)`` at ``theta + delta``, ``J`` of shape ``(N, M)``."""
+
+    def _blocks_of(self, matrix: Array) -> Array:
+        blocks = self.theta.shape[0]
+        m = matrix.shape[0] // blocks
+        shaped = matrix.reshape(blocks, m, blocks, m)
+        return jnp.moveaxis(jnp.diagonal(shaped, axis1=0, axis2=2), -1, 0)
+
+    def normal_equations(
+        self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
+    ) -> NormalEquations:
+        r, J = self.residual_and_jacobian(delta)
+        G = J.T @ J if (gram or rank_grams) else None
+        return NormalEquations(
+            loss=r @ r, g=r @ J, diag=jnp.sum(J * J, axis=0), gram=G if gram else None,
+            rank_grams=self._blocks_of(G) if rank_grams else None, jac=J if jac else None,
+        )
+
+    def gram_matvec(self, delta: Array, v: Array) -> Array:
+        return residual_gram_matvec(self.residuals, delta, v)
+
+    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
+        return residual_geodesic_rhs(self.residuals, delta, v)
+
+    def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
+        """The blocks of the exact Hessian of ``Phi`` (or its residual-weighted part), from
+        ``jax.hessian`` of the whole residual vector."""
+        flat = delta.reshape(-1)
+        r = jax.lax.stop_gradient(self.residuals(flat))
+
+        def weighted(d):
+            value = self.residuals(d)
+            return r @ value if residual_only else 0.5 * value @ value
+
+        return self._blocks_of(2 * jax.hessian(weighted)(flat))
+
+
 def chunk_data(x: Array, y: Array, chunk_size: int | None, weights: Array | None = None):
     """``(x, y, root_weights)``. ``root_weights`` are ``sqrt(w)`` of the per-point weights
     (``None``: all one). Unchunked (``chunk_size=None``) the arrays are as given; chunked they

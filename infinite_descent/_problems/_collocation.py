@@ -36,13 +36,7 @@ from .._models._aion import AION, derivative
 from .._models._base import AbstractSumOfTerms, ModelSum
 from ._aion import stack_params, unstack_params
 from ._autodiff import stack_terms, unstack_terms
-from ._base import (
-    AbstractProblem,
-    NormalEquations,
-    residual_geodesic_rhs,
-    residual_gram_matvec,
-    residual_jacobian,
-)
+from ._base import AbstractResidualProblem, residual_jacobian
 
 
 def _is_concrete(array) -> bool:
@@ -211,13 +205,9 @@ def term_residuals(term: Collocation, u: Callable) -> Array:
     return jnp.sqrt(term.weight) * values
 
 
-def _diagonal_blocks(matrix: Array, blocks: int) -> Array:
-    m = matrix.shape[0] // blocks
-    shaped = matrix.reshape(blocks, m, blocks, m)
-    return jnp.moveaxis(jnp.diagonal(shaped, axis1=0, axis2=2), -1, 0)
 
 
-class CollocationProblem(AbstractProblem):
+class CollocationProblem(AbstractResidualProblem):
     """The residuals of collocation terms as a least-squares problem over the model's
     parameters (see the module docstring).
 
@@ -259,33 +249,6 @@ class CollocationProblem(AbstractProblem):
 
     def data_norm(self) -> Array:
         return jnp.zeros((), self.theta.dtype)
-
-    def normal_equations(
-        self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
-    ) -> NormalEquations:
-        r, J = self.residual_and_jacobian(delta)
-        G = J.T @ J if (gram or rank_grams) else None
-        return NormalEquations(
-            loss=r @ r, g=r @ J, diag=jnp.sum(J * J, axis=0), gram=G if gram else None,
-            rank_grams=_diagonal_blocks(G, self.theta.shape[0]) if rank_grams else None,
-            jac=J if jac else None,
-        )
-
-    def gram_matvec(self, delta: Array, v: Array) -> Array:
-        return residual_gram_matvec(self.residuals, delta, v)
-
-    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
-        return residual_geodesic_rhs(self.residuals, delta, v)
-
-    def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
-        flat = delta.reshape(-1)
-        r = jax.lax.stop_gradient(self.residuals(flat))
-
-        def weighted(d):
-            value = self.residuals(d)
-            return r @ value if residual_only else 0.5 * value @ value
-
-        return _diagonal_blocks(2 * jax.hessian(weighted)(flat), self.theta.shape[0])
 
     def stack(self, tree) -> Array:
         return stack_layout(tree, self.model)

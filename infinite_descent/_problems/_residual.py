@@ -10,16 +10,10 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool
 
-from ._base import (
-    AbstractProblem,
-    NormalEquations,
-    residual_geodesic_rhs,
-    residual_gram_matvec,
-    residual_jacobian,
-)
+from ._base import AbstractResidualProblem, residual_jacobian
 
 
-class ResidualProblem(AbstractProblem):
+class ResidualProblem(AbstractResidualProblem):
     """``Phi(theta) = |r(theta)|^2`` for a residual function ``r = fn(params, args)`` that
     returns a pytree of arrays of any shapes, over a pytree of parameters.
 
@@ -62,32 +56,6 @@ class ResidualProblem(AbstractProblem):
 
     def data_norm(self) -> Array:
         return jnp.zeros((), self.theta.dtype)
-
-    def normal_equations(
-        self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
-    ) -> NormalEquations:
-        r, J = self.residual_and_jacobian(delta)
-        G = J.T @ J if (gram or rank_grams) else None
-        return NormalEquations(
-            loss=r @ r, g=r @ J, diag=jnp.sum(J * J, axis=0), gram=G if gram else None,
-            rank_grams=G[None] if rank_grams else None, jac=J if jac else None,
-        )
-
-    def gram_matvec(self, delta: Array, v: Array) -> Array:
-        return residual_gram_matvec(self.residuals, delta, v)
-
-    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
-        return residual_geodesic_rhs(self.residuals, delta, v)
-
-    def rank_blocks(self, delta: Array, *, residual_only: bool = False) -> Array:
-        flat = delta.reshape(-1)
-        r = jax.lax.stop_gradient(self.residuals(flat))
-
-        def weighted(d):
-            value = self.residuals(d)
-            return r @ value if residual_only else 0.5 * value @ value
-
-        return (2 * jax.hessian(weighted)(flat))[None]
 
     def rebased(self, theta: Array) -> ResidualProblem:
         return eqx.tree_at(lambda p: p.theta, self, theta)
