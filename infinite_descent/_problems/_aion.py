@@ -157,7 +157,24 @@ def weighted_max(y: Array, weight: Array | None) -> Array:
     return jnp.max(jnp.abs(y if weight is None else y * weight))
 
 
-class AIONResummation(AbstractPointProblem):
+class AbstractSeparableResummation(AbstractPointProblem):
+    """A separable model's resummation on points (AION, GaussianAtoms): its layout holds the
+    amplitudes in slot 0, ``(rank, slots, d', P)``, so it can change the units of its data
+    (the hooks of `AbstractProblem`, through `amplitude_factors`)."""
+
+    def target_scale(self) -> Array:
+        return weighted_max(self.y, self.weight)
+
+    @property
+    def amplitude_dims(self) -> int:
+        return self.x.shape[-1]
+
+    def output_factors(self, c, mask, root=None):
+        """Through the amplitudes, see `amplitude_factors`."""
+        return amplitude_factors(self.theta, c, self.amplitude_dims, mask, root)
+
+
+class AIONResummation(AbstractSeparableResummation):
     """An AION problem over its data, evaluated through the resummation.
 
     With the data whole, the basis ``exp(z(x_n; Theta))`` is stored (``N r d P`` complex
@@ -206,14 +223,3 @@ class AIONResummation(AbstractPointProblem):
 
     def to_model(self, theta: Array, like):
         return unstack_params(theta, like)
-
-    def target_scale(self) -> Array:
-        return weighted_max(self.y, self.weight)
-
-    @property
-    def amplitude_dims(self) -> int:
-        return self.x.shape[-1]
-
-    def output_factors(self, c, mask, root=None):
-        """Through the amplitudes, see `amplitude_factors`."""
-        return amplitude_factors(self.theta, c, self.amplitude_dims, mask, root)

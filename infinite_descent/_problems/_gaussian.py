@@ -20,8 +20,8 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._models._gaussian import GaussianAtoms
-from ._aion import amplitude_factors, separable_terms, weighted_max
-from ._base import AbstractPointProblem, chunk_data, materialized
+from ._aion import AbstractSeparableResummation, separable_terms
+from ._base import chunk_data, materialized
 
 
 def stack_gaussian(tree) -> Array:
@@ -57,7 +57,7 @@ def _gaussian_terms(theta, delta, basis, x, with_gradient=True):
     return separable_terms(psi, derivatives, theta.shape[-2] == 1)
 
 
-class GaussianResummation(AbstractPointProblem):
+class GaussianResummation(AbstractSeparableResummation):
     """A `GaussianAtoms` problem over its data, through its resummation; layout
     ``(rank, 3, d', P)`` (``A, a, m``)."""
 
@@ -94,14 +94,3 @@ class GaussianResummation(AbstractPointProblem):
 
     def to_model(self, theta: Array, like):
         return unstack_gaussian(theta, like)
-
-    def target_scale(self) -> Array:
-        return weighted_max(self.y, self.weight)
-
-    @property
-    def amplitude_dims(self) -> int:
-        return self.x.shape[-1]
-
-    def output_factors(self, c, mask, root=None):
-        """Through the amplitudes ``A`` (slot 0, as an AION's), see `amplitude_factors`."""
-        return amplitude_factors(self.theta, c, self.amplitude_dims, mask, root)
