@@ -67,6 +67,12 @@ class AbstractProblem(eqx.Module):
         """``m``, the parameters per block of the structured Hessian."""
         return self.theta[0].size
 
+    @property
+    def eval_dtype(self):
+        """The dtype the residuals are evaluated in, whose rounding is the loop's floor: the
+        parameters' (a mixed-precision problem carries them wider, `MixedPrecision`)."""
+        return self.theta.dtype
+
     @abc.abstractmethod
     def data_finite(self) -> Bool[Array, ""]:
         """Whether every datum is finite."""
@@ -150,6 +156,30 @@ class AbstractProblem(eqx.Module):
         raise NotImplementedError(f"{type(self).__name__} does not change units")
 
 
+def gram_sums(r: Array, J: Array, *, gram: bool, rank_grams: bool, block_size: int,
+              dtype=None) -> NormalEquations:
+    """The sums of `NormalEquations` from residuals ``r`` (``(K,)``) and their Jacobian
+    ``J`` (``(K, M)``): ``r.r``, ``J^T r``, ``diag(J^T J)`` and, as asked, ``J^T J`` and its
+    diagonal blocks of ``block_size``. ``dtype``: form the products in it (wider than
+    ``r``'s: `MixedPrecision`). At the highest precision the backend has, so that a GPU does
+    not round float32 operands to TF32's 10-bit mantissa."""
+    if dtype is not None:
+        r, J = r.astype(dtype), J.astype(dtype)
+    highest = jax.lax.Precision.HIGHEST
+    blocks = None
+    if rank_grams:
+        Jr = J.reshape(J.shape[0], -1, block_size)
+        blocks = jnp.einsum("nja,njb->jab", Jr, Jr, precision=highest)
+    if not gram:
+        return NormalEquations(
+            loss=r @ r, g=jnp.matmul(r, J, precision=highest), diag=jnp.sum(J * J, axis=0),
+            rank_grams=blocks,
+        )
+    G = jnp.matmul(J.T, J, precision=highest)
+    return NormalEquations(loss=r @ r, g=jnp.matmul(r, J, precision=highest),
+                           diag=jnp.diagonal(G), gram=G, rank_grams=blocks)
+
+
 def residual_jacobian(residuals, delta: Array, num_data: int) -> tuple[Array, Array]:
     """``(r, J)`` of a residual function of the flat shift with ``num_data`` residuals:
     forward mode (``M`` tangents) when there are at most as many parameters as residuals,
@@ -210,11 +240,8 @@ class AbstractResidualProblem(AbstractProblem):
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:
         r, J = self.residual_and_jacobian(delta)
-        G = J.T @ J if (gram or rank_grams) else None
-        return NormalEquations(
-            loss=r @ r, g=r @ J, diag=jnp.sum(J * J, axis=0), gram=G if gram else None,
-            rank_grams=self._blocks_of(G) if rank_grams else None, jac=J if jac else None,
-        )
+        return gram_sums(r, J, gram=gram, rank_grams=rank_grams,
+                         block_size=self.block_size)._replace(jac=J if jac else None)
 
     def gram_matvec(self, delta: Array, v: Array) -> Array:
         return residual_gram_matvec(self.residuals, delta, v)
@@ -371,17 +398,10 @@ class AbstractPointProblem(AbstractProblem):
     def normal_equations(
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:
-        m = self.block_size
-
         def fn(x, y, w, basis):
             _, r, J = self._chunk_terms(delta, x, y, w, basis)
-            out = {"loss": r @ r, "g": r @ J, "diag": jnp.sum(J * J, axis=0)}
-            if gram:
-                out["gram"] = J.T @ J
-            if rank_grams:
-                Jr = J.reshape(J.shape[0], -1, m)
-                out["rank_grams"] = jnp.einsum("nja,njb->jab", Jr, Jr)
-            return out
+            sums = gram_sums(r, J, gram=gram, rank_grams=rank_grams, block_size=self.block_size)
+            return {k: v for k, v in sums._asdict().items() if v is not None}
 
         sums = self._sum_over_data(fn)
         full_jac = None

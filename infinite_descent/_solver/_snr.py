@@ -40,6 +40,7 @@ import numpy as np
 from jaxtyping import Array, Bool, Float, Int
 
 from .._problems._base import AbstractProblem, NormalEquations
+from .._problems._precision import widened
 from .._solution import RESULTS
 from ._linear import (
     CG,
@@ -77,6 +78,18 @@ def _number(value, name: str, *, positive: bool = False, optional: bool = False)
     return number
 
 
+def _sum_dtype(value) -> str | None:
+    if value is None or (isinstance(value, str) and value == "auto"):
+        return value
+    try:
+        wide = jnp.dtype(value) == np.float64
+    except TypeError:
+        wide = False
+    if not wide:
+        raise ValueError(f"SNR: `sum_dtype` must be 'auto', 'float64' or None, got {value!r}.")
+    return "float64"
+
+
 class SNR(eqx.Module):
     """The Structured Newton-Raphson solver: how each inner iteration steps and when the
     loop stops. Hashable and validated when built, like optimistix's solvers; pass it as
@@ -102,6 +115,14 @@ class SNR(eqx.Module):
       ``grad_atol``, ``grad_rtol`` (on ``max |grad Phi|``), ``ftol`` (relative decrease of
       ``Phi``, actual and predicted; default ``eps^0.625``) and ``xtol`` (relative step;
       default ``10 eps``); see `solve`.
+    - ``sum_dtype``: the dtype of the sums over the data (``J^T J``, ``J^T r``, ``Phi``) and
+      of the loop, for a float32 model: ``"auto"`` (the default: float64 on a CPU when JAX
+      has float64, ``jax_enable_x64``; the model's own dtype otherwise), ``"float64"`` or
+      ``None`` (the model's dtype). The residuals and Jacobian are evaluated in float32
+      either way; formed in float64 their products are exact, so a float32 solve reaches
+      float32's rounding floor instead of stopping where the float32 Gram matrix's rounding
+      decides the step. On accelerators the float32 products run at full float32
+      precision (no TF32). No effect on float64 models.
     - ``fix_gauge``: hold one amplitude per AION rank and dimension beyond the first.
     - ``variable_projection``: AION only; eliminate the first dimension's linear parameters.
 
@@ -127,6 +148,7 @@ class SNR(eqx.Module):
     geodesic_threshold: float
     geodesic_patience: int
     step_factor: float | None
+    sum_dtype: str | None
 
     def __init__(
         self,
@@ -144,6 +166,7 @@ class SNR(eqx.Module):
         fix_gauge: Flag = False,
         variable_projection: Flag = False,
         step_factor: Number | None = 1.0,
+        sum_dtype: str | None = "auto",
     ):
         self.linear_solver = linear_solver_from(linear_solver)
         if hessian not in HESSIANS:
@@ -170,6 +193,7 @@ class SNR(eqx.Module):
         self.geodesic_threshold = 0.75
         self.geodesic_patience = 5
         self.step_factor = _number(step_factor, "step_factor", positive=True, optional=True)
+        self.sum_dtype = _sum_dtype(sum_dtype)
         if self.hessian == "exact" and isinstance(self.linear_solver, CG):
             raise ValueError(
                 "SNR: linear_solver=CG needs a positive definite system, which the exact "
@@ -249,7 +273,7 @@ class SNR(eqx.Module):
         )
         mu = self.initial_damping if initial_damping is None else initial_damping
         g0 = projected_gradient(problem.theta.reshape(-1), eq.g, bounds)
-        eps = jnp.finfo(dtype).eps
+        eps = jnp.asarray(jnp.finfo(problem.eval_dtype).eps, dtype)
         data_norm = problem.data_norm()
         loss_unit = jnp.ones((), dtype) if units is None else units.loss
         grad_unit = jnp.ones((), dtype) if units is None else units.grad
@@ -262,6 +286,7 @@ class SNR(eqx.Module):
             data_norm=data_norm,
             loss_unit=loss_unit,
             grad_unit=grad_unit,
+            eps=eps,
         )
         if self.step_factor is None:
             radius = jnp.asarray(jnp.inf, dtype)
@@ -301,7 +326,7 @@ class SNR(eqx.Module):
         theta = problem.theta.reshape(-1)
         now = theta + state.delta
         maskf = mask.astype(dtype) * free_of_bounds(now, state.eq.g, bounds).astype(dtype)
-        xtol, ftol = self.tolerances(dtype)
+        xtol, ftol = self.tolerances(problem.eval_dtype)
         scale = more_scaling(state.scale, state.eq.diag)
         delta_shaped = state.delta.reshape(problem.theta.shape)
         blocks_now = state.blocks
@@ -329,8 +354,8 @@ class SNR(eqx.Module):
         finite = jnp.isfinite(eq_new.loss) & jnp.all(jnp.isfinite(s))
         # A step the limit shortened, like one the damping decided, meets no convergence test.
         damped = limited | damping_decided(state.mu, velocity, system.scale, curvature,
-                                           state.eq.g, state.eq.loss)
-        resolution = loss_resolution(state.eq.loss, state.targets.data_norm)
+                                           state.eq.g, state.eq.loss, state.targets.eps)
+        resolution = loss_resolution(state.eq.loss, state.targets.data_norm, state.targets.eps)
         negligible = finite & (predicted >= 0) & (predicted <= resolution)
         accept = accepts(finite, geodesic_ok, predicted, ratio, eq_new.loss, state.eq.loss,
                          negligible, damped, resolution, state.initial_loss)
@@ -452,8 +477,9 @@ class Targets(NamedTuple):
     """The levels of the tests, fixed at the start: the loss target (in the loop's units)
     and the gradient target (in the caller's), the floors of an exact fit
     (``(2 eps |y|)^2``: to 2 units in the last place of the data; ``(64 eps |y|)^2``: the
-    rounding of the model's values), the data's norm ``|y|``, and the caller's units:
-    ``Phi = loss_unit Phi_loop``, ``grad Phi = grad_unit grad Phi_loop`` (per parameter)."""
+    rounding of the model's values), the data's norm ``|y|``, the caller's units:
+    ``Phi = loss_unit Phi_loop``, ``grad Phi = grad_unit grad Phi_loop`` (per parameter),
+    and ``eps``, the rounding unit of the dtype the residuals are evaluated in."""
 
     loss: Float[Array, ""]
     grad: Float[Array, ""]
@@ -462,6 +488,7 @@ class Targets(NamedTuple):
     data_norm: Float[Array, ""]
     loss_unit: Float[Array, ""]
     grad_unit: Float[Array, "..."]
+    eps: Float[Array, ""]
 
 
 class StepReport(NamedTuple):
@@ -559,21 +586,19 @@ def gain_ratio(actual: Array, predicted: Array) -> Array:
     return actual / predicted
 
 
-def loss_resolution(loss, data_norm):
-    """The rounding of ``Phi = r.r`` (``8 eps (Phi + sqrt(Phi) |y|)``): changes of ``Phi``
-    below it are noise."""
-    eps = jnp.finfo(loss.dtype).eps
+def loss_resolution(loss, data_norm, eps):
+    """The rounding of ``Phi = r.r`` (``8 eps (Phi + sqrt(Phi) |y|)``, ``eps`` that of the
+    residuals' dtype): changes of ``Phi`` below it are noise."""
     return 8 * eps * (loss + jnp.sqrt(loss) * data_norm)
 
 
-def damping_decided(mu, v, scale, curvature, g, loss):
+def damping_decided(mu, v, scale, curvature, g, loss, eps):
     """Whether the damping rather than the model decided the step ``v``: ``mu > 1`` (``mu``
     is relative to ``D``: after overflowing candidates, or from a large initial damping), or
     ``mu D`` carries most of ``-g.v = v^T (G + mu D) v`` while some column of ``J`` is still
     at an angle to ``r`` (cosine ``|g_i| / sqrt(D_i Phi)`` above ``sqrt(eps)``). Along a null
     direction of ``J`` (a curve of minima) the damping decides too, but there the gradient is
     rounding noise. Such a step meets no convergence test."""
-    eps = jnp.finfo(loss.dtype).eps
     dominated = mu * ((v * scale) @ v) > curvature
     cosine = jnp.max(jnp.abs(g) / jnp.sqrt(scale * loss))
     return (mu > 1) | (dominated & (cosine > eps**0.5))
@@ -617,8 +642,7 @@ def settled(accept, curvature, loss, targets) -> Array:
     rounding. (MINPACK's ``ftol`` test on the relative decrease left ``||J s|| ~ sqrt(ftol
     Phi)``: parameters 1e-8 from the minimum on NIST Lanczos3, and runs that differ only in
     rounding that far apart.)"""
-    eps = jnp.finfo(loss.dtype).eps
-    return accept & (curvature >= 0) & (curvature <= eps * loss + targets.exact_floor)
+    return accept & (curvature >= 0) & (curvature <= targets.eps * loss + targets.exact_floor)
 
 
 def converged(loss, g, targets: Targets, grad_test: bool = True) -> Array:
@@ -692,8 +716,8 @@ def in_units(problem: AbstractProblem, mask: Array) -> tuple[AbstractProblem, Un
     if scale is None:
         return problem, None
     dtype = problem.theta.dtype
-    info = jnp.finfo(dtype)
-    eps = info.eps
+    info = jnp.finfo(problem.eval_dtype)  # the range and rounding of the model's values
+    eps = float(info.eps)
     dims = problem.amplitude_dims
     exponent = jnp.round(jnp.log2(scale) / dims)
     exponent = jnp.where(jnp.isfinite(exponent), exponent, 0.0)
@@ -811,9 +835,14 @@ def iterate(
     from 2 to ``2e-53`` and back to ``5.6e-3``). Otherwise ``delta`` is the shift from the
     fixed start."""
     units, start = None, problem.theta.reshape(-1)
+    given = problem.theta.dtype
+    problem = widened(problem, solver.sum_dtype)
+    dtype = problem.theta.dtype
+    start = start.astype(dtype)
+    if bounds is not None:
+        bounds = Bounds(*(b.astype(dtype) for b in bounds))
     if bounds is None:
         problem, units = in_units(problem, mask)
-    dtype = problem.theta.dtype
     theta0 = problem.theta.reshape(-1)
     factors = jnp.ones((), dtype) if units is None else units.factors
     state = solver.init(problem, mask, initial_damping, bounds, units)
@@ -859,7 +888,7 @@ def iterate(
 
     state, theta, history = jax.lax.while_loop(cond, body, (state, theta0, history))
     point = theta + state.delta
-    return IterateResult(
+    result = IterateResult(
         theta=point * factors,
         loss=state.eq.loss * state.targets.loss_unit,
         initial_loss=state.initial_loss if units is None else units.initial_loss,
@@ -872,3 +901,6 @@ def iterate(
         result=solver.result(state),
         history=history,
     )
+    # Reported in the model's dtype (a mixed-precision loop ran wider).
+    return jax.tree.map(
+        lambda a: a.astype(given) if jnp.issubdtype(a.dtype, jnp.floating) else a, result)
