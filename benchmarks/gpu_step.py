@@ -13,6 +13,12 @@ dense step contains: the floor), and the time of the pass that forms ``J``, ``J^
 Meant for a GPU (it runs on a CPU too, slowly). The measuring code is
 ``infinite_descent.bench.timing`` (notebook 03 uses it too). Prints a table and writes
 ``OUT/gpu_step.json``.
+
+On a CPU, ``--m-sweep`` gives the step against its floor as ``M`` grows (ranks 4 to 32:
+``M = 128`` to ``1024``) at ``--m-sweep-n`` points, in float64 and float32, and
+``--skip-big`` leaves out the ``N = 1e6`` step:
+
+    python -m benchmarks.gpu_step --skip-big --sweep --m-sweep 4 8 16 32 --m-sweep-n 20000
 """
 
 from __future__ import annotations
@@ -53,10 +59,19 @@ def main() -> None:
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--rank", type=int, default=32)
     p.add_argument("--sweep", type=int, nargs="*", default=[1_000, 10_000, 100_000, 1_000_000])
+    p.add_argument("--m-sweep", type=int, nargs="*", default=[],
+                   help="ranks for a sweep over M = 32 rank at --m-sweep-n points")
+    p.add_argument("--m-sweep-n", type=int, default=20_000)
+    p.add_argument("--skip-big", action="store_true", help="leave out the N = --n step")
     args = p.parse_args()
     print("devices:", jax.devices(), flush=True)
     rows = []
-    for dtype in progress((jnp.float64, jnp.float32), "big step"):
+    for rank in progress(args.m_sweep, "sweep over M"):
+        for dtype in (jnp.float64, jnp.float32):
+            print(f"M sweep: N = {args.m_sweep_n:,}, M = {32 * rank}, {jnp.dtype(dtype)} ...",
+                  flush=True)
+            rows.append({"what": "M sweep", **measure(args.m_sweep_n, rank, dtype)})
+    for dtype in progress(() if args.skip_big else (jnp.float64, jnp.float32), "big step"):
         print(f"N = {args.n:,}, M = {32 * args.rank}, {jnp.dtype(dtype)} ...", flush=True)
         rows.append({"what": "big step", **measure(args.n, args.rank, dtype)})
         print(rows[-1], flush=True)

@@ -166,7 +166,7 @@ class SNR(eqx.Module):
         fix_gauge: Flag = False,
         variable_projection: Flag = False,
         step_factor: Number | None = 1.0,
-        sum_dtype: str | None = "auto",
+        sum_dtype: object = "auto",
     ):
         self.linear_solver = linear_solver_from(linear_solver)
         if hessian not in HESSIANS:

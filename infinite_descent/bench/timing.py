@@ -72,8 +72,10 @@ def gram_floor_ms(n: int, m: int, dtype=None, repeats: int = 5) -> float:
 
 def iteration_time(n: int, rank: int, dim: int, terms: int, *, dtype=None,
                    steps: tuple[int, int] = (2, 6), linear_solver: str = "dense",
-                   chunk_size: Any = "auto", repeats: int = 5, floor: bool = True) -> dict:
-    """Time of one inner iteration of [`solve`][infinite_descent.solve] (tolerances off).
+                   chunk_size: Any = "auto", repeats: int = 5, floor: bool = True,
+                   **options) -> dict:
+    """Time of one inner iteration of [`solve`][infinite_descent.solve] (tolerances off;
+    ``options``: more keywords of `solve`, such as ``sum_dtype``).
 
     Returns a dict with ``N``, ``M``, ``dtype``, ``linear_solver``, ``ms_per_iteration``,
     ``setup_ms`` (the basis and the first pass), ``data_passes`` per iteration and, with
@@ -85,7 +87,7 @@ def iteration_time(n: int, rank: int, dim: int, terms: int, *, dtype=None,
         # The data are arguments, not constants closed over (XLA would fold them).
         run = jax.jit(lambda m, x, y, k=k: idn.solve(
             m, x, y, throw=False, max_steps=k, xtol=0.0, ftol=0.0, chunk_size=chunk_size,
-            linear_solver=linear_solver,
+            linear_solver=linear_solver, **options,
         ))
         infos.append(run(start, x, y)[1])
         totals.append(median_ms(lambda: run(start, x, y), repeats))
