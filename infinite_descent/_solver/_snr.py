@@ -379,7 +379,7 @@ class SNR(eqx.Module):
                 below >= BELOW_RESOLUTION_STEPS)
         else:
             decrease = decrease_small(finite, actual, predicted, state.eq.loss, ftol)
-        small = step_small(s, (theta + delta) * mask.astype(dtype), xtol, scale)
+        small = step_small(length, (theta + delta) * mask.astype(dtype), xtol, system.scale)
         done = (~damped & (small | decrease)) | converged(
             eq.loss, projected_gradient(theta + delta, eq.g, bounds), state.targets,
             self.grad_test)
@@ -655,11 +655,11 @@ def converged(loss, g, targets: Targets, grad_test: bool = True) -> Array:
     return met
 
 
-def step_small(s, params, xtol, scale) -> Array:
+def step_small(length, params, xtol, scale) -> Array:
     """MINPACK's step test in Moré's scaled norm: ``||D^1/2 s|| <= xtol ||D^1/2 theta||``,
-    invariant to the scale of the data and of each parameter."""
-    root = jnp.sqrt(scale)
-    return jnp.linalg.norm(root * s) <= xtol * jnp.linalg.norm(root * params)
+    invariant to the scale of the data and of each parameter; ``length`` is the step's
+    ``||D^1/2 s||`` (from `limit_step`)."""
+    return length <= xtol * jnp.linalg.norm(jnp.sqrt(scale) * params)
 
 
 def decrease_small(finite, actual, predicted, loss, ftol) -> Array:
