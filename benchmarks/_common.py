@@ -74,7 +74,7 @@ def fmt(value, spec: str = ".3g") -> str:
 def print_table(rows: list[dict], columns: list[tuple[str, str]]) -> None:
     """Print ``rows`` as a plain-text table; ``columns`` are ``(key, header)`` pairs."""
     cells = [[fmt(r.get(k)) for k, _ in columns] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, (_, h) in enumerate(columns)]
+    widths = [max([len(h), *(len(c[i]) for c in cells)]) for i, (_, h) in enumerate(columns)]
     line = "  ".join(h.ljust(w) for (_, h), w in zip(columns, widths))
     print(line)
     print("-" * len(line))
