@@ -668,28 +668,18 @@ def main() -> None:
                     done[s] = solve_ours(system, max_steps, (s,))["runs"][0]
             ours_runs = [done[s] for s in seeds]
 
-            def median(values):
+            def summary(method, runs):
+                """Medians over the starts' runs of one method, and how many met the goal."""
                 import numpy as np
 
-                return float(np.median(values))
+                row = {"system": name, "method": method, "num_params": ours["num_params"]}
+                for key in ("relative_error", "wall_s", "inner_steps", "data_passes"):
+                    row[key] = float(np.median([r[key] for r in runs]))
+                row["reached_goal"] = sum(r["relative_error"] < system["goal"] for r in runs)
+                return {**row, "runs": runs}
 
-            optx = {"system": name, "method": "optimistix LM, AION by plain autodiff",
-                    "num_params": ours["num_params"],
-                    "relative_error": median([r["relative_error"] for r in optx_runs]),
-                    "wall_s": median([r["wall_s"] for r in optx_runs]),
-                    "inner_steps": median([r["inner_steps"] for r in optx_runs]),
-                    "data_passes": median([r["data_passes"] for r in optx_runs]),
-                    "reached_goal": sum(r["relative_error"] < system["goal"] for r in optx_runs),
-                    "runs": optx_runs}
-            ours_same = {"system": name, "method": "idn.solve, AION by closed form",
-                         "num_params": ours["num_params"],
-                         "relative_error": median([r["relative_error"] for r in ours_runs]),
-                         "wall_s": median([r["wall_s"] for r in ours_runs]),
-                         "inner_steps": median([r["inner_steps"] for r in ours_runs]),
-                         "data_passes": median([r["data_passes"] for r in ours_runs]),
-                         "reached_goal": sum(r["relative_error"] < system["goal"]
-                                             for r in ours_runs),
-                         "runs": ours_runs}
+            optx = summary("optimistix LM, AION by plain autodiff", optx_runs)
+            ours_same = summary("idn.solve, AION by closed form", ours_runs)
             adam["num_params"] = gn["num_params"]
             block = [ours_same, optx, gn, adam]
             peers.extend(block)
