@@ -8,6 +8,7 @@
 - `_projection`: AION with the first dimension's linear parameters projected out;
 - `_collocation`: physics-informed residuals (`Collocation`) of any sum-of-terms model, in
   closed form for AION.
+- `_precision`: a float32 problem with its sums and loop in float64 (`MixedPrecision`).
 
 `_select.make_problem` picks the fastest one for a model and its data.
 """

@@ -6,12 +6,11 @@ the product of two float32 numbers is exact in float64, so the Gram matrix is th
 float32 Jacobian itself, not a rounding of it. The damped system is then solved, and the
 loop's state carried, in the wide dtype too.
 
-Why it pays: near an exact fit the Gram matrix is numerically singular in float32. Formed in
-float32 its rounding perturbs the step by ``cond(J)^2 eps``, so once the damping is small the
-steps are wrong, rejected, and the loop creeps to a stop far above float32's floor. Formed
-exactly from the float32 ``J``, the step is the exact step of a Jacobian within ``eps`` of the
-true one: an error of order ``cond(J) eps``. Cost: the wide matrix product in place of the
-narrow one (on a CPU float64's is about 1.5 to 2 times float32's).
+What it buys, measured at ``M = 128`` (``benchmarks/precision.py``): about half the inner
+iterations and less time per solve, at about twice the time per iteration (a float64 matrix
+product costs about 2.4 times a float32 one on a CPU). It does not reliably lower the loss a
+float32 solve ends at: there the float32 Jacobian's own rounding (``cond(J) eps``), not the
+sums', is the limit. Hence off by default (`SNR`'s ``sum_dtype``).
 
 `widened` decides; `MixedPrecision` wraps any problem. Where the inner problem gives its
 residuals and Jacobian per chunk (`AbstractPointProblem`) or whole
@@ -33,9 +32,6 @@ from ._base import (
     NormalEquations,
     gram_sums,
 )
-
-SUM_DTYPES = ("auto", None, "float64")
-
 
 def sum_dtype_for(option, model_dtype):
     """The dtype the sums and the loop run in for ``option`` (`SNR`'s ``sum_dtype``):
