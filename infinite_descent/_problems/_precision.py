@@ -93,16 +93,17 @@ class MixedPrecision(AbstractProblem):
         narrow = self._narrow(delta)
         options = dict(gram=gram, rank_grams=rank_grams, block_size=inner.block_size,
                        dtype=wide)
-        if isinstance(inner, AbstractPointProblem):
+        if isinstance(inner, AbstractPointProblem) and jac and inner.chunked:
+            raise ValueError("the full Jacobian is not formed when the data are chunked")
+        if isinstance(inner, AbstractPointProblem) and not jac:
             def fn(x, y, w, basis):
                 _, r, J = inner._chunk_terms(narrow, x, y, w, basis)
                 sums = gram_sums(r, J, **options)
                 return {k: v for k, v in sums._asdict().items() if v is not None}
 
             eq = NormalEquations(**inner._sum_over_data(fn))
-            if jac:
-                eq = eq._replace(jac=inner.normal_equations(narrow, gram=False, jac=True).jac)
-        elif isinstance(inner, AbstractResidualProblem):
+        elif isinstance(inner, (AbstractPointProblem, AbstractResidualProblem)):
+            # One pass gives the sums and, for the solvers that need it, J itself.
             r, J = inner.residual_and_jacobian(narrow)
             eq = gram_sums(r, J, **options)._replace(jac=J if jac else None)
         else:
