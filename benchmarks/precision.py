@@ -12,13 +12,18 @@ per start). Three ways to solve it:
 - ``float32, sums in float64``: the model evaluated in float32, ``J^T J``, ``J^T r`` and the
   loop in float64 (``sum_dtype="float64"``).
 
+The targets, starts and data are made in float32 for every way (the float64 way fits them cast
+up, exactly), so all three fit the same numbers. The targets' parameters are float32 numbers,
+but their values ``y`` are rounded to float32, so no parameters fit them exactly, in any
+precision: float32's floor is about ``eps^2 = 1.4e-14`` relative (the float32 target itself
+evaluated in float32 is at 2 to 3 ``eps^2`` of its data; float64 ends near 2 ``eps^2``).
+
 For each: the relative loss ``Phi / sum y^2`` a default solve ends at (median over the starts,
-each start its own target; float32's rounding floor is about ``eps^2 = 1.4e-14``: the
-float32 model at the target's parameters, through the solver's own evaluation, is within 6
-``eps^2`` of these data), its inner
-iterations, passes over the data and wall time after compilation, and the time of one inner
-iteration (solves of 2 and 6 iterations, tolerances off, medians after warm-up) with its ratio
-to plain float32's. Prints a table and writes ``OUT/precision.json``.
+each start its own target; also each start's loss and, per start, the loss of the returned
+model cast to float32 and evaluated in float32), its inner iterations, passes over the data
+and wall time after compilation, and the time of one inner iteration (solves of 2 and 6
+iterations, tolerances off, medians after warm-up) with its ratio to plain float32's. Prints a
+table and writes ``OUT/precision.json``.
 """
 
 from __future__ import annotations
@@ -37,28 +42,44 @@ WAYS = (
 
 
 def solve_row(n: int, dtype, sum_dtype, starts: int) -> dict:
+    """Solves of the float32 targets (made in float32 whatever the way, so every way fits the
+    same data; the float64 way gets them cast up, exactly)."""
+    import equinox as eqx
     import jax
     import jax.numpy as jnp
 
     import infinite_descent as idn
     from infinite_descent.bench import timing
 
+    def cast(tree, to):
+        return jax.tree.map(lambda a: a.astype(to) if eqx.is_inexact_array(a) else a, tree)
+
+    def relative_loss32(model, x, y, norm):  # the float32 model's loss, in float32
+        r = jax.vmap(cast(model, jnp.float32))(x) - y
+        return float(jnp.sum(r.astype(jnp.float64) ** 2)) / norm
+
     run = jax.jit(lambda m, x, y: idn.solve(m, x, y, throw=False, sum_dtype=sum_dtype))
-    losses, steps, passes, seconds, results = [], [], [], [], []
+    losses, as32, floors, steps, passes, seconds, results = [], [], [], [], [], [], []
     for key in range(starts):
-        _, start, x, y = timing.random_problem(n, 4, 4, 2, dtype=dtype, key=key)
+        target, start, x32, y32 = timing.random_problem(n, 4, 4, 2, dtype=jnp.float32, key=key)
+        start, x, y = cast((start, x32, y32), dtype)
         jax.block_until_ready(run(start, x, y))
         began = time.perf_counter()
-        _, info = jax.block_until_ready(run(start, x, y))
+        model, info = jax.block_until_ready(run(start, x, y))
         seconds.append(time.perf_counter() - began)
         y64 = np.asarray(y, np.float64)
-        losses.append(float(info.loss) / float(y64 @ y64))
+        norm = float(y64 @ y64)
+        losses.append(float(info.loss) / norm)
+        as32.append(relative_loss32(model, x32, y32, norm))
+        floors.append(relative_loss32(target, x32, y32, norm))
         steps.append(int(info.inner_steps))
         passes.append(int(info.data_passes))
         results.append(idn.RESULTS[info.result] or "successful")
     return {
         "relative_loss": float(np.median(losses)), "relative_losses": losses,
-        "inner_steps": float(np.median(steps)), "data_passes": float(np.median(passes)),
+        "relative_losses_float32_model": as32, "target_relative_losses_float32": floors,
+        "inner_steps": float(np.median(steps)), "inner_steps_each": steps,
+        "data_passes": float(np.median(passes)),
         "solve_s": float(np.median(seconds)), "results": results,
     }
 
