@@ -40,9 +40,9 @@ def test_sums_are_the_float64_products_of_the_float32_jacobian():
 
 def test_float32_with_float64_sums_solves_to_near_its_floor():
     """An exactly representable target, ``M = 128``: the float32 solve with float64 sums
-    converges near float32's floor (``eps^2 = 1.4e-14`` relative). How near is decided by the
-    float32 Jacobian's rounding and varies from target to target and machine to machine
-    (``benchmarks/precision.py`` measures several), so the bound here is loose."""
+    converges near float32's floor (``eps^2 = 1.4e-14`` relative). How near varies from target
+    to target and machine to machine (a slow tail, a curved valley; ``benchmarks/precision.py``
+    measures several), so the bound here is loose."""
     _, start, x, y = _problem(n=4000, rank=4, dim=4, terms=2, key=0)
     model, info = idn.solve(start, x, y, throw=False, sum_dtype="float64")
     assert bool(info.converged), idn.RESULTS[info.result]

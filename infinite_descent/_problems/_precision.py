@@ -6,11 +6,12 @@ the product of two float32 numbers is exact in float64, so the Gram matrix is th
 float32 Jacobian itself, not a rounding of it. The damped system is then solved, and the
 loop's state carried, in the wide dtype too.
 
-What it buys, measured at ``M = 128`` (``benchmarks/precision.py``): about half the inner
-iterations and less time per solve, at about twice the time per iteration (a float64 matrix
-product costs about 2.4 times a float32 one on a CPU). It does not reliably lower the loss a
-float32 solve ends at: there the float32 Jacobian's own rounding (``cond(J) eps``), not the
-sums', is the limit. Hence off by default (`SNR`'s ``sum_dtype``).
+What it buys, measured at ``M = 128`` (``benchmarks/precision.py``): fewer inner iterations
+and less time per solve, at about twice the time per iteration (a float64 matrix product
+costs about 2.4 times a float32 one on a CPU). It does not lower the loss a float32 solve
+ends at: there a slow tail stopped by the loss's rounding test, or a curved valley that
+float64 creeps through too, decide, not the rounding of the sums. Hence off by default
+(`SNR`'s ``sum_dtype``).
 
 `widened` decides; `MixedPrecision` wraps any problem. Where the inner problem gives its
 residuals and Jacobian per chunk (`AbstractPointProblem`) or whole

@@ -121,9 +121,9 @@ class SNR(eqx.Module):
       it, the model's dtype otherwise). The residuals and Jacobian are evaluated in float32
       either way; formed in float64 their products are exact, so the step is the exact
       step of the float32 Jacobian. Measured at ``M = 128`` (``benchmarks/precision.py``):
-      about half the inner iterations and less time to the end of a solve, at about twice
-      the time per iteration; the loss reached is not reliably lower, since the float32
-      Jacobian's own rounding (``cond(J) eps``) limits the solve there, not the sums. On
+      fewer inner iterations and less time to the end of a solve, at about twice the time
+      per iteration; the loss reached is not lower (what ends those solves is a slow tail
+      or a curved valley, not the rounding of the sums). On
       accelerators the float32 products always run at full float32 precision (no TF32).
       No effect on float64 models.
     - ``fix_gauge``: hold one amplitude per AION rank and dimension beyond the first.
