@@ -126,6 +126,29 @@ def test_residual_pytrees_of_any_shape():
     assert float(info.loss) < 1e-24
 
 
+@pytest.mark.parametrize("num_data", [40, 6])
+def test_residual_jacobian_is_autodiffs_in_both_modes(num_data):
+    """The Jacobian with the linearisation stored (forward mode for M <= N, reverse mode
+    for M > N) is ``jax.jacfwd``'s, under ``jit`` and ``vmap``; NaN residuals stay NaN."""
+    from infinite_descent._problems._base import residual_jacobian
+
+    t = jnp.linspace(-1.0, 1.0, num_data)
+
+    def residuals(p):
+        return p[0] * jnp.exp(p[1] * t) * jnp.cos(p[2:, None] * t[None, :]).sum(0) - jnp.sin(t)
+
+    for size in (4, 12):  # M <= N for both with 40 data; M > N for 12 with 6
+        p = jnp.linspace(0.5, 1.5, size)
+        r, J = jax.jit(residual_jacobian, static_argnums=(0, 2))(residuals, p, num_data)
+        np.testing.assert_allclose(r, residuals(p), rtol=1e-14)
+        np.testing.assert_allclose(J, jax.jacfwd(residuals)(p), rtol=1e-13, atol=1e-13)
+        ps = jnp.stack([p, 2 * p])
+        rs, Js = jax.vmap(lambda q: residual_jacobian(residuals, q, num_data))(ps)
+        np.testing.assert_allclose(Js[1], jax.jacfwd(residuals)(2 * p), rtol=1e-13, atol=1e-13)
+        r, J = residual_jacobian(residuals, p.at[0].set(jnp.nan), num_data)
+        assert bool(jnp.all(jnp.isnan(r)))
+
+
 def test_vmap_over_fits_equals_a_loop():
     t = jnp.linspace(0.0, 1.0, 40)
     rates = jnp.array([0.5, 2.0, 4.0])

@@ -183,15 +183,40 @@ def gram_sums(r: Array, J: Array, *, gram: bool, rank_grams: bool, block_size: i
 def residual_jacobian(residuals, delta: Array, num_data: int) -> tuple[Array, Array]:
     """``(r, J)`` of a residual function of the flat shift with ``num_data`` residuals:
     forward mode (``M`` tangents) when there are at most as many parameters as residuals,
-    reverse mode (``N`` cotangents) otherwise."""
+    reverse mode (``N`` cotangents) otherwise.
+
+    The linearisation's stored values (``jax.linearize``'s or ``jax.vjp``'s residuals: the
+    primal's exponentials, activations' derivatives) are materialised once before the
+    tangents are pushed through (`stored_linearization`): on the CPU, XLA otherwise fuses
+    their elementwise producers into the batched tangent computation and evaluates them
+    again for every tangent."""
     flat = delta.reshape(-1)
     if flat.shape[0] <= num_data:
-        r, jvp = jax.linearize(residuals, flat)
+        r, jvp = stored_linearization(*jax.linearize(residuals, flat), flat)
         jac = jax.vmap(jvp, out_axes=1)(jnp.eye(flat.shape[0], dtype=flat.dtype))
     else:
-        r, vjp = jax.vjp(residuals, flat)
+        r, vjp = stored_linearization(*jax.vjp(residuals, flat), None)
         jac = jax.vmap(lambda c: vjp(c)[0])(jnp.eye(r.shape[0], dtype=r.dtype))
     return r, jac
+
+
+def stored_linearization(r: Array, linear, example):
+    """``(r, linear)`` with the arrays the linear map closes over (and ``r``) materialised
+    (`materialized`), so that a ``vmap`` of ``linear`` over many tangents reads them instead
+    of recomputing them per tangent.
+
+    ``linear`` is ``jax.linearize``'s JVP, a plain closure (its arrays lifted out with
+    ``equinox.filter_closure_convert`` at the input ``example``), or ``jax.vjp``'s pullback
+    (``example=None``), already a pytree of its arrays. optimistix gets the same effect
+    without asking: its Levenberg-Marquardt carries the linearised operator through its
+    loop, and a loop's carry is always materialised. The figures are in the design notes."""
+    if example is not None:
+        linear = eqx.filter_closure_convert(linear, example)
+    dynamic, static = eqx.partition(linear, eqx.is_array)
+    # ``r`` first: `materialized` probes its first value (never empty here), and a NaN
+    # there gives NaN residuals, which the loop rejects whatever ``J`` holds.
+    r, dynamic = materialized(lambda *values: values, r, dynamic)
+    return r, eqx.combine(dynamic, static)
 
 
 def residual_gram_matvec(residuals, delta: Array, v: Array) -> Array:
