@@ -149,6 +149,42 @@ def test_residual_jacobian_is_autodiffs_in_both_modes(num_data):
         assert bool(jnp.all(jnp.isnan(r)))
 
 
+@pytest.mark.parametrize("name", ["MLP", "dict"])
+def test_leafwise_jacobian_is_jacfwd_of_the_raveled_residual(name, monkeypatch):
+    """Forward mode one parameter leaf at a time (leaves of different shapes, a scalar one)
+    gives ``jax.jacfwd`` of the raveled residual, columns in ``ravel_pytree``'s order; a
+    solve gives the same fit as with the Jacobian in one piece."""
+    from infinite_descent._problems import _residual
+    from infinite_descent._problems._residual import ResidualProblem
+
+    start = _starts()[name]
+    if name == "dict":  # the scalar leaf an array, so that it is among the fitted leaves
+        start = {k: jnp.asarray(v, jnp.float64) for k, v in start.items()}
+    params, static = eqx.partition(start, eqx.is_inexact_array)
+    assert len(jax.tree.leaves(params)) > 1
+
+    def fn(p, args):
+        return _residuals(eqx.combine(p, static), args)
+
+    problem = ResidualProblem(fn, params, (X, Y), X.shape[0])
+    delta = 0.01 * jnp.sin(jnp.arange(problem.theta.size, dtype=jnp.float64))
+    r, J = jax.jit(lambda d: problem.residual_and_jacobian(d))(delta)
+    np.testing.assert_allclose(r, problem.residuals(delta), rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(J, jax.jacfwd(problem.residuals)(delta), rtol=1e-13, atol=1e-13)
+    assert J.dtype == problem.theta.dtype
+
+    fits = []
+    for most in (_residual.MAX_LEAFWISE_LEAVES, 1):  # leafwise, then in one piece
+        monkeypatch.setattr(_residual, "MAX_LEAFWISE_LEAVES", most)
+        fit, _ = idn.least_squares(lambda m, a: _residuals(m, a), start, (X, Y), max_steps=30,
+                                    throw=False)
+        fits.append(fit)
+    leaves = [jax.tree.leaves(eqx.filter(f, eqx.is_inexact_array)) for f in fits]
+    assert len(leaves[0]) == len(jax.tree.leaves(params))
+    for a, b in zip(*leaves):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+
+
 def test_vmap_over_fits_equals_a_loop():
     t = jnp.linspace(0.0, 1.0, 40)
     rates = jnp.array([0.5, 2.0, 4.0])

@@ -27,6 +27,7 @@ from typing import NamedTuple
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Bool, Float
 
 
@@ -198,6 +199,31 @@ def residual_jacobian(residuals, delta: Array, num_data: int) -> tuple[Array, Ar
         r, vjp = stored_linearization(*jax.vjp(residuals, flat), None)
         jac = jax.vmap(lambda c: vjp(c)[0])(jnp.eye(r.shape[0], dtype=r.dtype))
     return r, jac
+
+
+def leafwise_residual_jacobian(of_leaves, leaves: list, flat: Array) -> tuple[Array, Array]:
+    """``(r, J)`` of ``of_leaves(leaves)`` (a residual vector) by forward mode one leaf at a
+    time: leaf ``i``'s columns from a linearisation in that leaf alone, the other leaves held
+    as constants, so that its tangents only flow through what follows it (a network's later
+    layers). ``flat`` is the leaves raveled (``ravel_pytree``'s order and dtype); the columns
+    come in that order and dtype, each leaf's block stored as in `residual_jacobian`. Every
+    leaf re-runs the primal, which pays when the parameters sit at different depths."""
+    r, blocks, offset = None, [], 0
+    for i, leaf in enumerate(leaves):
+        size = int(np.prod(leaf.shape))
+        piece = flat[offset:offset + size]
+        offset += size
+        if size == 0:
+            continue
+
+        def of_leaf(x, i=i, leaf=leaf):
+            return of_leaves([*leaves[:i], x.reshape(leaf.shape).astype(leaf.dtype),
+                              *leaves[i + 1:]])
+
+        r_i, jvp = stored_linearization(*jax.linearize(of_leaf, piece), piece)
+        r = r_i if r is None else r
+        blocks.append(jax.vmap(jvp, out_axes=1)(jnp.eye(size, dtype=flat.dtype)))
+    return r, jnp.concatenate(blocks, axis=1)
 
 
 def stored_linearization(r: Array, linear, example):

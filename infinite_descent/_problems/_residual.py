@@ -10,7 +10,10 @@ import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 from jaxtyping import Array, Bool
 
-from ._base import AbstractResidualProblem, residual_jacobian
+from ._base import AbstractResidualProblem, leafwise_residual_jacobian, residual_jacobian
+
+# Forward mode one leaf at a time from two leaves up to this many (each re-runs the primal).
+MAX_LEAFWISE_LEAVES = 16
 
 
 class ResidualProblem(AbstractResidualProblem):
@@ -20,8 +23,10 @@ class ResidualProblem(AbstractResidualProblem):
     Layout: the parameters raveled (``jax.flatten_util.ravel_pytree``) into one block of size
     ``M`` (a general residual has no term structure, so the structured Hessian is one dense
     block). The Jacobian ``N x M`` is formed by forward-mode autodiff when ``M <= N`` (``M``
-    tangents) and by reverse mode otherwise (``N`` cotangents); products with ``J^T J`` and the
-    geodesic right-hand side are JVPs and VJPs.
+    tangents) and by reverse mode otherwise (``N`` cotangents); in forward mode with 2 to
+    `MAX_LEAFWISE_LEAVES` parameter leaves, one leaf at a time (`leafwise_residual_jacobian`:
+    a leaf's tangents then skip what comes before it, a network's earlier layers). Products
+    with ``J^T J`` and the geodesic right-hand side are JVPs and VJPs.
     """
 
     theta: Array
@@ -45,7 +50,16 @@ class ResidualProblem(AbstractResidualProblem):
 
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         """``(r, J)`` at ``theta + delta``, forward or reverse mode by the shapes."""
-        return residual_jacobian(self.residuals, delta, self.num_data)
+        flat = self.theta.reshape(-1) + delta.reshape(-1)
+        leaves, treedef = jax.tree.flatten(self.unravel(flat))
+        sized = sum(1 for leaf in leaves if leaf.size)
+        if flat.shape[0] > self.num_data or not 1 < sized <= MAX_LEAFWISE_LEAVES:
+            return residual_jacobian(self.residuals, delta, self.num_data)
+
+        def of_leaves(leaves):
+            return ravel_pytree(self.fn(jax.tree.unflatten(treedef, leaves), self.args))[0]
+
+        return leafwise_residual_jacobian(of_leaves, leaves, flat)
 
     def data_finite(self) -> Bool[Array, ""]:
         leaves = [a for a in jax.tree.leaves(self.args) if eqx.is_inexact_array(a)]
