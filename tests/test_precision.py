@@ -8,6 +8,7 @@ import pytest
 import infinite_descent as idn
 from infinite_descent._problems._precision import MixedPrecision, sum_dtype_for, widened
 from infinite_descent._problems._select import make_problem
+from infinite_descent._solver._snr import loss_resolution
 from infinite_descent.bench import timing
 
 EPS32 = float(jnp.finfo(jnp.float32).eps)
@@ -51,6 +52,24 @@ def test_float32_with_float64_sums_solves_to_near_its_floor():
     residual = np.asarray(jax.vmap(model)(x), np.float64) - y64
     assert residual @ residual <= 1e3 * EPS32**2 * (y64 @ y64)
     assert float(info.loss) <= 1e3 * EPS32**2 * float(y64 @ y64)
+
+
+def test_loss_resolution_bounds_independent_roundings_of_the_residuals():
+    """``Phi``'s change when every residual of a float32 solve near its floor is rounded again
+    (each by up to one ulp of its datum, independently) stays below `loss_resolution`, which
+    bounds it by ``max_n |y_n|``. It is not loose by ``sqrt(N)`` as the bound by ``|y|``
+    (roundings that all agree) is: that one stopped float32 solves far above their floor."""
+    _, start, x, y = _problem(n=10_000, rank=4, dim=4, terms=2, key=0)
+    y = np.asarray(y, np.float64)
+    rng = np.random.default_rng(0)
+    r = 30 * EPS32 * np.sqrt(np.mean(y * y)) * rng.standard_normal(y.size)  # Phi ~ 1e3 eps^2
+    loss = r @ r
+    ulp = np.spacing(np.abs(y).astype(np.float32)).astype(np.float64)
+    changes = [abs((r + d) @ (r + d) - loss)
+               for d in ulp * rng.uniform(-1, 1, (200, y.size))]
+    resolution = float(loss_resolution(loss, np.abs(y).max(), EPS32))
+    assert max(changes) <= resolution <= 100 * max(changes)
+    assert float(loss_resolution(loss, np.linalg.norm(y), EPS32)) >= 10 * resolution
 
 
 def test_the_option():

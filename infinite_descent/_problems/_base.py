@@ -83,6 +83,14 @@ class AbstractProblem(eqx.Module):
         """``|y|`` (weighted), the scale of the data: the loop's floors are relative to it
         (``0`` where the residuals hold no separate data)."""
 
+    def data_peak(self) -> Array:
+        """The largest datum ``max_n |y_n|`` (weighted), which sets the rounding of ``Phi``:
+        each residual is rounded by about ``eps |y_n|``, independently of the others, so ``Phi
+        = r.r`` changes by rounding within a few ``eps sqrt(Phi) max_n |y_n|`` (`SNR`'s loss
+        resolution). The default, `data_norm`, is the bound for roundings that all agree: right
+        for any problem, loose by up to ``sqrt(N)``."""
+        return self.data_norm()
+
     @abc.abstractmethod
     def normal_equations(
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
@@ -416,6 +424,10 @@ class AbstractPointProblem(AbstractProblem):
     def data_norm(self) -> Array:
         y = self.y if self.weight is None else self.y * self.weight
         return jnp.sqrt(jnp.sum(y * y))
+
+    def data_peak(self) -> Array:
+        y = self.y if self.weight is None else self.y * self.weight
+        return jnp.max(jnp.abs(y))
 
     # -- one chunk ----------------------------------------------------------------------------
 

@@ -162,6 +162,9 @@ class GridResummation(AbstractProblem):
     def data_norm(self) -> Array:
         return jnp.sqrt(jnp.sum(self.y * self.y))
 
+    def data_peak(self) -> Array:
+        return jnp.max(jnp.abs(self.y))
+
     def _terms(self, delta):
         out = [
             _axis_terms(self.theta, delta, basis, axis, 0 if self.shared else s)

@@ -89,6 +89,9 @@ class MixedPrecision(AbstractProblem):
     def data_norm(self) -> Array:
         return self.inner.data_norm().astype(self.theta.dtype)
 
+    def data_peak(self) -> Array:
+        return self.inner.data_peak().astype(self.theta.dtype)
+
     def normal_equations(self, delta, *, gram=True, rank_grams=False, jac=False):
         inner, wide = self.inner, self.theta.dtype
         narrow = self._narrow(delta)

@@ -64,6 +64,9 @@ class ProjectedAION(AbstractProblem):
     def data_norm(self) -> Array:
         return jnp.sqrt(self.y @ self.y)
 
+    def data_peak(self) -> Array:
+        return jnp.max(jnp.abs(self.y))
+
     # -- the projection -----------------------------------------------------------------------
 
     def _split(self, theta_j: Array) -> dict:

@@ -35,6 +35,9 @@ class RegularizedProblem(AbstractProblem):
     def data_norm(self) -> Array:
         return self.inner.data_norm()
 
+    def data_peak(self) -> Array:
+        return self.inner.data_peak()
+
     def normal_equations(
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:
