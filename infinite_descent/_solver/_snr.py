@@ -388,9 +388,12 @@ class SNR(eqx.Module):
             self.grad_test)
         # Stalled: the damping had to grow until its step fell below the resolution of Phi,
         # with no undamped step there before (not the floor of a converged solve), and Phi
-        # still refused it; or the damping overflowed. Within 64 ulps of an exact fit that is
-        # the rounding of the model's values: converged.
-        stalled = (~accept & damped & negligible & (state.below == 0)) | ~jnp.isfinite(mu)
+        # still refused it, by no more than that resolution (a larger rise is a wrong step,
+        # and the damping goes on growing: a float32 solve ended at 700 eps^2 on one);
+        # or the damping overflowed. Within 64 ulps of an exact fit that is the rounding of
+        # the model's values: converged.
+        noise = eq_new.loss <= state.eq.loss + resolution
+        stalled = (~accept & damped & negligible & noise & (state.below == 0)) | ~jnp.isfinite(mu)
         done = done | (stalled & (eq.loss <= state.targets.rounding_floor))
         stalled = stalled & ~done
         return SNRState(
