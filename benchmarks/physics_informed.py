@@ -13,7 +13,9 @@ points, the wall time of a second identical call (after compilation, `jax.block_
 and the seeds tried: starts are the default random initialisation
 ``idn.AION(rank, dim, terms, key=jax.random.key(seed))``, seeds 0, 1, 2 in turn until one
 meets the goal or the seeds tried have spent 30 s. The Burgers solves stop at 300 inner
-iterations up to rank 6 and 1800 at rank 10, the others at 500.
+iterations up to rank 6, 1800 at rank 10 and 1500 at rank 12, the others at 500; their
+residuals are declared local (``Collocation(..., order=2)``, ``order=0`` on the boundary), so
+the Jacobian and the geodesic term go through ``u``'s Taylor coefficients.
 
 - 2-D Poisson ``-Lap u = h`` on ``[0, 1]^2``,
   ``u = sin(pi x) sin(2 y) + e^{x/2} cos(pi y)`` (rank 2).
@@ -236,8 +238,12 @@ def systems(quick: bool) -> list[dict]:
 
 def burgers_settings(quick: bool) -> list[tuple[int, int, int]]:
     """``(rank, terms, max_steps)`` of the Burgers rank sweep, the last one the headline
-    row (rank 10 creeps: it is still improving at 1800 inner iterations)."""
-    return [(1, 1, 30)] if quick else [(2, 2, 300), (4, 2, 300), (6, 2, 300), (10, 2, 1800)]
+    row. The k-th Fourier mode of the solution decays like ``r(t)^k``, ``r = 0.268`` at
+    ``t = 0``: rank 10 is held near 2e-6 by the modes it lacks (7.8e-6 at 1800 inner
+    iterations), rank 12 reaches 6.2e-7 at 1500 (seed 1), but in about 54 s on the shared
+    2-core CPU, not 30: the geodesic acceleration it needs costs as much as the Jacobian."""
+    return [(1, 1, 30)] if quick else [(2, 2, 300), (4, 2, 300), (6, 2, 300), (10, 2, 1800),
+                                       (12, 2, 1500)]
 
 
 # -- measuring ---------------------------------------------------------------------------------
