@@ -297,3 +297,40 @@ def test_a_sum_of_models_on_collocation_terms():
     truth = jax.vmap(exact)(test)
     error = jnp.linalg.norm(jax.vmap(fit)(test) - truth) / jnp.linalg.norm(truth)
     assert float(error) < 1e-9, (float(error), int(info.inner_steps))
+
+
+@pytest.mark.parametrize("shared_dims", [False, True])
+def test_local_order_matches_autodiff(shared_dims):
+    """``Collocation(..., order=k)``: residuals, Jacobian and ``J^T r_vv`` by the chain rule
+    through the Taylor coefficients equal those of automatic differentiation (float64)."""
+    from infinite_descent._problems._collocation import CollocationProblem
+
+    def pde(u, p):
+        g, H = jax.grad(u)(p), jax.hessian(u)(p)
+        return g[1] + u(p) * g[0] - 0.1 * H[0, 0] + jnp.sin(u(p)) * H[0, 1]
+
+    def wall(u, x):
+        return u(x) - 1.0
+
+    pts = jax.random.uniform(jax.random.key(3), (7, 2), dtype=jnp.float64)
+    model = idn.AION(3, 2, 2, key=jax.random.key(1), shared_dims=shared_dims,
+                     dtype=jnp.float64)
+    plain = CollocationProblem(model, (idn.Collocation(pts, pde),
+                                       idn.Collocation(pts[:3], wall, 2.0)))
+    local = CollocationProblem(model, (idn.Collocation(pts, pde, order=2),
+                                       idn.Collocation(pts[:3], wall, 2.0, order=0)))
+    assert local.num_params > 8  # past the forward-mode path
+    d = 0.01 * jax.random.normal(jax.random.key(2), plain.theta.shape, jnp.float64)
+    v = jax.random.normal(jax.random.key(5), (plain.num_params,), jnp.float64)
+    ra, Ja = plain.residual_and_jacobian(d)
+    rb, Jb = local.residual_and_jacobian(d)
+    np.testing.assert_allclose(rb, ra, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(Jb, Ja, rtol=1e-11, atol=1e-12 * float(jnp.max(jnp.abs(Ja))))
+    np.testing.assert_allclose(local.residuals(d), plain.residuals(d), rtol=1e-12, atol=1e-12)
+    ga, gb = plain.geodesic_rhs(d, v), local.geodesic_rhs(d, v)
+    np.testing.assert_allclose(gb, ga, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(ga))))
+
+
+def test_order_validated():
+    with pytest.raises(ValueError, match="order"):
+        idn.Collocation(jnp.zeros((2, 1)), lambda u, x: u(x), order=-1)

@@ -22,6 +22,7 @@ do to data.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 from collections.abc import Callable
@@ -71,6 +72,16 @@ class Collocation(eqx.Module):
       as a list of points (a tensor grid is given as its points).
     - ``residual``: a function ``residual(u, x) -> scalar``.
     - ``weight``: ``w >= 0``, one number or one per point (shape ``(n,)``); default 1.
+    - ``order``: optional, a promise that the residual is local: it uses ``u`` only through
+      ``u`` and its derivatives of total order at most ``order``, all at ``x`` itself (a
+      differential equation, a Dirichlet condition: ``order=0``, a Neumann one: ``1``). For
+      an `AION` the residuals and Jacobian are then formed by the chain rule through those
+      derivatives: ``u``'s Taylor coefficients at ``x`` (closed forms, with their
+      derivatives in the parameters) and the residual's derivatives in them, computed on
+      the Taylor polynomial; several times cheaper than differentiating the residual in the
+      parameters at large ranks. A residual that breaks the promise (a higher derivative, a
+      value of ``u`` elsewhere) sees the Taylor polynomial there and is silently wrong.
+      ``None`` (the default): automatic differentiation of the residual as written.
 
     ```python
     import numpy as np
@@ -86,8 +97,13 @@ class Collocation(eqx.Module):
     points: Array
     weight: Array
     residual: Callable = eqx.field(static=True)
+    order: int | None = eqx.field(static=True)
 
-    def __init__(self, points, residual, weight=1.0):
+    def __init__(self, points, residual, weight=1.0, order=None):
+        if order is not None and (isinstance(order, (bool, np.bool_))
+                                  or not isinstance(order, (int, np.integer)) or order < 0):
+            raise ValueError(f"Collocation: `order` must be None or an integer >= 0, got "
+                             f"{order!r}.")
         if not callable(residual):
             raise TypeError(
                 "Collocation: `residual` must be a function `residual(u, x) -> scalar`, got "
@@ -126,6 +142,7 @@ class Collocation(eqx.Module):
         self.points = points
         self.weight = w
         self.residual = residual
+        self.order = None if order is None else int(order)
 
     @property
     def num_points(self) -> int:
@@ -205,6 +222,57 @@ def term_residuals(term: Collocation, u: Callable) -> Array:
     return jnp.sqrt(term.weight) * values
 
 
+def multi_indices(dim: int, order: int) -> tuple[tuple[int, ...], ...]:
+    """Every multi-index ``k`` of ``dim`` entries with ``|k| <= order``."""
+    return tuple(k for k in itertools.product(range(order + 1), repeat=dim) if sum(k) <= order)
+
+
+def _atom_powers(params: tuple, points: Array, highest: int):
+    """``(a, b)``: the real and imaginary parts of ``z^m e^{z x + i phi}`` (no amplitude) for
+    ``m = 0..highest``, each ``(highest + 1, n, r, d, P)``, in real arithmetic."""
+    alpha, omega, phi = (p[None] for p in params[1:])  # (1, r, d', P)
+    xs = points[:, None, :, None]  # (n, 1, d, 1)
+    magnitude = jnp.exp(alpha * xs)
+    angle = omega * xs + phi
+    # The barrier keeps XLA from fusing the exponentials into every power that uses them
+    # (recomputed there: several times slower on the CPU, measured).
+    a, b = jax.lax.optimization_barrier((magnitude * jnp.cos(angle), magnitude * jnp.sin(angle)))
+    a, b = [a], [b]
+    for _ in range(highest):
+        a, b = a + [alpha * a[-1] - omega * b[-1]], b + [alpha * b[-1] + omega * a[-1]]
+    return jnp.stack(a), jnp.stack(b)
+
+
+def taylor_coefficients(indices, params: tuple, points: Array) -> Array:
+    """``D^k f(x)`` of an AION at every point for every ``k`` of ``indices``, shape
+    ``(n, len(indices))``: `derivative_closed_form` for each, the exponentials computed once
+    and in real arithmetic."""
+    A = params[0]
+    highest = max(max(k) for k in indices)
+    a, _ = _atom_powers(params, points, highest)
+    psi = jnp.sum(A[None, None] * a, axis=-1)  # (m, n, r, d)
+    dim = points.shape[1]
+    return jnp.stack([jnp.sum(jnp.prod(jnp.stack([psi[k[i], :, :, i] for i in range(dim)]),
+                                       axis=0), axis=-1) for k in indices], axis=1)
+
+
+def taylor_polynomial(indices, coefficients: Array, center: Array) -> Callable:
+    """``u(x) = sum_k c_k (x - center)^k / k!``: at ``center`` its derivatives of the
+    orders in ``indices`` are ``coefficients`` (exactly, by automatic differentiation)."""
+    def u(x):
+        h = jnp.asarray(x, coefficients.dtype) - center
+        total = jnp.zeros((), coefficients.dtype)
+        for n, k in enumerate(indices):
+            term = coefficients[n]
+            for i, ki in enumerate(k):
+                if ki:
+                    term = term * h[i] ** ki / math.factorial(ki)
+            total = total + term
+        return total
+
+    return u
+
+
 
 
 # At most this many parameters, the Jacobian of collocation residuals is taken in forward mode
@@ -237,11 +305,44 @@ class CollocationProblem(AbstractResidualProblem):
         self.theta = stack_layout(params, model)
         self.num_data = sum(t.points.shape[0] for t in self.terms)
 
+    def _local(self, term: Collocation) -> bool:
+        """Whether ``term`` is formed by the chain rule through Taylor coefficients."""
+        return term.order is not None and isinstance(self.model, AION)
+
+    def _params(self, flat: Array) -> tuple:
+        model = self.to_model(flat.reshape(self.theta.shape), self.model)
+        return model.A, model.alpha, model.omega, model.phi
+
+    def _local_residuals(self, flat: Array, term: Collocation, jacobian: bool):
+        """``(r, J or None)`` of a local term (`Collocation`'s ``order``) by the chain
+        rule: ``dr/dtheta = sum_k dr/dc_k dc_k/dtheta`` with ``c_k = D^k u(x)``."""
+        indices = multi_indices(self.model.dim, term.order)
+
+        def through(c, x):
+            return term.residual(taylor_polynomial(indices, c, x), x)
+
+        params = self._params(flat)
+        points = jnp.asarray(term.points, self.model.dtype)
+        c = taylor_coefficients(indices, params, points)
+        root = jnp.sqrt(term.weight)
+        if not jacobian:
+            return root * jax.vmap(through)(c, points), None
+        r, g = jax.vmap(jax.value_and_grad(through))(c, points)
+        def row(x, gx):
+            _, pull = jax.vjp(
+                lambda f: taylor_coefficients(indices, self._params(f), x[None])[0], flat)
+            return pull(gx)[0]
+
+        jac = jax.vmap(row)(points, g)
+        return root * r, jnp.reshape(root, (-1, 1)) * jac
+
     def residuals(self, delta: Array) -> Array:
         """Every term's weighted residuals at ``theta + delta``, concatenated: ``(N,)``."""
         theta = self.theta + delta.reshape(self.theta.shape)
         u = pointwise(self.to_model(theta, self.model))
-        return jnp.concatenate([term_residuals(t, u) for t in self.terms])
+        return jnp.concatenate([
+            self._local_residuals(theta.reshape(-1), t, False)[0] if self._local(t)
+            else term_residuals(t, u) for t in self.terms])
 
     def residual_and_jacobian(self, delta: Array) -> tuple[Array, Array]:
         """``(r, J)`` at ``theta + delta``, ``J`` of shape ``(N, M)``.
@@ -251,12 +352,19 @@ class CollocationProblem(AbstractResidualProblem):
         costs a few evaluations of the residual per point, ``O(N M)`` in all, where forward
         mode over the whole vector pushes ``M`` tangents through every atom, ``O(N M^2)``.
         Forward mode is kept for the smallest models, where its ``M`` tangents cost less
-        than one reverse pass."""
+        than one reverse pass. A local term (`Collocation`'s ``order``) on an AION goes
+        through its Taylor coefficients instead: one reverse pass of the closed forms for the
+        residual's gradient in those coefficients."""
         if self.num_params <= FORWARD_MODE_PARAMS:
             return residual_jacobian(self.residuals, delta, self.num_data)
         flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
         rs, js = [], []
         for term in self.terms:
+            if self._local(term):
+                r, jac = self._local_residuals(flat, term, True)
+                rs.append(r)
+                js.append(jac)
+                continue
             def point(theta, x, term=term):
                 model = self.to_model(theta.reshape(self.theta.shape), self.model)
                 return term.residual(pointwise(model), x)
@@ -266,6 +374,46 @@ class CollocationProblem(AbstractResidualProblem):
             rs.append(root * r)
             js.append(jnp.reshape(root, (-1, 1)) * jac)
         return jnp.concatenate(rs), jnp.concatenate(js)
+
+    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
+        """``J^T r_vv``. When every term is local (`Collocation`'s ``order``) on an AION, by
+        the chain rule through the Taylor coefficients ``c``: ``c_v``, ``c_vv`` by forward
+        mode of their closed forms, ``r_vv`` the second derivative of the residual along
+        the parabola ``c + t c_v + t^2 c_vv / 2`` (exact to second order), and ``J^T r_vv``
+        one reverse pass of the closed forms with the cotangent ``w r_vv dr/dc``.
+        Otherwise by JVPs and a VJP of the residual vector."""
+        if not all(self._local(t) for t in self.terms):
+            return super().geodesic_rhs(delta, v)
+        flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
+        v = v.reshape(-1)
+        total = jnp.zeros_like(flat)
+        for term in self.terms:
+            indices = multi_indices(self.model.dim, term.order)
+            points = jnp.asarray(term.points, self.model.dtype)
+
+            def through(c, x, indices=indices, term=term):
+                return term.residual(taylor_polynomial(indices, c, x), x)
+
+            def coefficients(f, indices=indices, points=points):
+                return taylor_coefficients(indices, self._params(f), points)
+
+            def tangent(f, coefficients=coefficients):
+                return jax.jvp(coefficients, (f,), (v,))
+
+            (c, c_v), (_, c_vv) = jax.jvp(tangent, (flat,), (v,))
+
+            def along(t, c=c, c_v=c_v, c_vv=c_vv, points=points, through=through):
+                return jax.vmap(through)(c + t * c_v + 0.5 * t * t * c_vv, points)
+
+            def first(t, along=along):
+                return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
+
+            zero = jnp.zeros((), flat.dtype)
+            r_vv = jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
+            g = jax.vmap(jax.grad(through))(c, points)
+            _, pull = jax.vjp(coefficients, flat)
+            total = total + pull(jnp.reshape(term.weight * r_vv, (-1, 1)) * g)[0]
+        return total
 
     def data_finite(self) -> Bool[Array, ""]:
         ok = jnp.asarray(True)
