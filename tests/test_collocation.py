@@ -329,8 +329,77 @@ def test_local_order_matches_autodiff(shared_dims):
     np.testing.assert_allclose(local.residuals(d), plain.residuals(d), rtol=1e-12, atol=1e-12)
     ga, gb = plain.geodesic_rhs(d, v), local.geodesic_rhs(d, v)
     np.testing.assert_allclose(gb, ga, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(ga))))
+    # Against forward-over-forward autodiff of the plain residual vector: r_vv, and J^T r_vv
+    # from the Jacobian the loop holds (`geodesic_rhs(..., jac=J)`), local or not.
+    flat = d.reshape(-1)
+
+    def along(t):
+        return jax.jvp(plain.residuals, (flat + t * v,), (v,))[1]
+
+    r_vv = jax.jvp(along, (0.0,), (1.0,))[1]
+    reference = Ja.T @ r_vv
+    scale = float(jnp.max(jnp.abs(reference)))
+    for problem, J in ((local, Jb), (plain, Ja)):
+        np.testing.assert_allclose(problem.residual_curvature(d, v), r_vv, rtol=1e-10,
+                                   atol=1e-12 * float(jnp.max(jnp.abs(r_vv))))
+        np.testing.assert_allclose(problem.geodesic_rhs(d, v, jac=J), reference, rtol=1e-10,
+                                   atol=1e-12 * scale)
+    np.testing.assert_allclose(ga, reference, rtol=1e-10, atol=1e-12 * scale)
 
 
 def test_order_validated():
     with pytest.raises(ValueError, match="order"):
         idn.Collocation(jnp.zeros((2, 1)), lambda u, x: u(x), order=-1)
+
+
+def test_local_terms_solve_with_the_kept_jacobian():
+    """Declared local, the Poisson problem solves to rounding as without, the geodesic term
+    from the Jacobian the loop keeps (``geodesic="on"``, so it is used every iteration)."""
+    from infinite_descent._problems._collocation import CollocationProblem as Problem
+
+    interior, edges = square_points()
+    boundary = jnp.concatenate(list(edges.values()))
+    terms = [idn.Collocation(interior, poisson, order=2),
+             idn.Collocation(boundary, dirichlet, order=0)]
+    assert Problem.keeps_jacobian
+    model, info = idn.solve(idn.AION(2, 2, 1, key=jax.random.key(0)), terms,
+                            solver=idn.SNR(geodesic=True), throw=False)
+    assert relative_l2_error(model) < 1e-10, (relative_l2_error(model), int(info.inner_steps))
+
+
+def third_derivative(u, x):  # uses u_xxx: order 3, not 2
+    return jax.grad(lambda p: jax.hessian(u)(p)[0, 0])(x)[0] - source(x)
+
+
+def elsewhere(u, x):  # u at another point: not local at all
+    return jax.hessian(u)(x)[0, 0] + u(x + 0.1) - source(x)
+
+
+def hidden_in_the_derivative(u, x):
+    """Its value is Dirichlet's (order 0), but it varies with u_yyy: only the derivative
+    along the parameters tells."""
+    u_yyy = jax.grad(lambda p: jax.hessian(u)(p)[1, 1])(x)[1]
+    return u(x) - exact(x) + (u_yyy - jax.lax.stop_gradient(u_yyy))
+
+
+@pytest.mark.parametrize("residual, order", [(third_derivative, 2), (poisson, 1),
+                                             (elsewhere, 2), (dirichlet, None),
+                                             (hidden_in_the_derivative, 2)])
+def test_a_broken_locality_promise_raises(residual, order):
+    """A residual that uses more than ``order`` derivatives of ``u`` at the point, or ``u``
+    elsewhere, is caught at the start of the solve (its residuals or their derivative along
+    a direction of the parameters differ from autodiff), also under ``jit``; a promise kept
+    (``order=None`` here, the wall declared ``order=0``) solves."""
+    interior, edges = square_points()
+    boundary = jnp.concatenate(list(edges.values()))
+    terms = [idn.Collocation(interior, residual, order=order),
+             idn.Collocation(boundary, dirichlet, order=0)]
+    start = idn.AION(2, 2, 1, key=jax.random.key(0))
+    if order is None:
+        idn.solve(start, terms, max_steps=2, throw=False)
+        return
+    with pytest.raises(Exception, match="declared local"):
+        jax.block_until_ready(idn.solve(start, terms, max_steps=2, throw=False))
+    with pytest.raises(Exception, match="declared local"):
+        jax.block_until_ready(jax.jit(
+            lambda s: idn.solve(s, terms, max_steps=2, throw=False)[0].A)(start))

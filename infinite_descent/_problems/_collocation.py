@@ -26,6 +26,7 @@ import itertools
 import math
 
 from collections.abc import Callable
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -275,6 +276,53 @@ def taylor_polynomial(indices, coefficients: Array, center: Array) -> Callable:
 
 
 
+def _local_values(model: AION, term: Collocation, flat: Array, like) -> Array:
+    """``residual(u, x)`` at every point of a local ``term`` (unweighted), through ``u``'s
+    Taylor coefficients of orders up to ``term.order`` at the point."""
+    indices = multi_indices(model.dim, term.order)
+    at = unstack_layout(flat.reshape(like.shape), model, model)
+    points = jnp.asarray(term.points, model.dtype)
+    c = taylor_coefficients(indices, (at.A, at.alpha, at.omega, at.phi), points)
+    return jax.vmap(lambda ck, x: term.residual(taylor_polynomial(indices, ck, x), x))(
+        c, points)
+
+
+def check_local(model: AION, terms: tuple, theta: Array) -> Array:
+    """``theta``, with a check that every term declared local (`Collocation`'s ``order``)
+    keeps its promise: at ``theta`` its residuals, and their derivative along one fixed
+    random direction of the parameters, at every point, through the Taylor coefficients
+    equal those of automatic differentiation of the residual as written (to ``10 sqrt(eps)``
+    of the largest). A residual that uses a derivative of a higher order, or ``u`` anywhere
+    but at ``x``, sees the Taylor polynomial's derivatives (zero) or values there instead
+    and disagrees at a generic start; the solve then raises (through ``eqx.error_if``, so
+    also under ``jit``). One evaluation of the residuals and of a JVP, both ways, per solve.
+    """
+    flat = theta.reshape(-1)
+    direction = jax.random.normal(jax.random.key(0), flat.shape, flat.dtype)
+    tol = 10 * math.sqrt(float(jnp.finfo(flat.dtype).eps))
+    for n, term in enumerate(terms):
+        if term.order is None:
+            continue
+
+        def plain(f, term=term):
+            u = pointwise(unstack_layout(f.reshape(theta.shape), model, model))
+            return jax.vmap(lambda x: term.residual(u, x))(
+                jnp.asarray(term.points, model.dtype))
+
+        r, dr = jax.jvp(plain, (flat,), (direction,))
+        rl, drl = jax.jvp(lambda f, term=term: _local_values(model, term, f, theta),
+                          (flat,), (direction,))
+        broken = (jnp.max(jnp.abs(rl - r)) > tol * jnp.max(jnp.abs(r))) | (
+            jnp.max(jnp.abs(drl - dr)) > tol * jnp.max(jnp.abs(dr)))
+        theta = eqx.error_if(
+            theta, broken,
+            f"Collocation: term {n} is declared local (order={term.order}) but its "
+            "residuals differ from automatic differentiation of the residual as written: it "
+            "uses a derivative of u of a higher order, or u away from the point x. Declare "
+            "the highest order it uses, or order=None.")
+    return theta
+
+
 # At most this many parameters, the Jacobian of collocation residuals is taken in forward mode
 # over the whole residual vector; above, by reverse mode point by point (see
 # `CollocationProblem.residual_and_jacobian`).
@@ -297,13 +345,18 @@ class CollocationProblem(AbstractResidualProblem):
     theta: Array
     terms: tuple
     num_data: int = eqx.field(static=True)
+    # The loop keeps J from its pass for the geodesic term (`geodesic_rhs`'s ``jac``).
+    keeps_jacobian: ClassVar[bool] = True
 
     def __init__(self, model: AbstractSumOfTerms, terms: tuple):
         self.model = model
         self.terms = tuple(terms)
         params = eqx.filter(model, eqx.is_inexact_array)
-        self.theta = stack_layout(params, model)
+        theta = stack_layout(params, model)
         self.num_data = sum(t.points.shape[0] for t in self.terms)
+        if isinstance(model, AION):
+            theta = check_local(model, self.terms, theta)
+        self.theta = theta
 
     def _local(self, term: Collocation) -> bool:
         """Whether ``term`` is formed by the chain rule through Taylor coefficients."""
@@ -375,42 +428,75 @@ class CollocationProblem(AbstractResidualProblem):
             js.append(jnp.reshape(root, (-1, 1)) * jac)
         return jnp.concatenate(rs), jnp.concatenate(js)
 
-    def geodesic_rhs(self, delta: Array, v: Array) -> Array:
-        """``J^T r_vv``. When every term is local (`Collocation`'s ``order``) on an AION, by
-        the chain rule through the Taylor coefficients ``c``: ``c_v``, ``c_vv`` by forward
-        mode of their closed forms, ``r_vv`` the second derivative of the residual along
-        the parabola ``c + t c_v + t^2 c_vv / 2`` (exact to second order), and ``J^T r_vv``
-        one reverse pass of the closed forms with the cotangent ``w r_vv dr/dc``.
-        Otherwise by JVPs and a VJP of the residual vector."""
+    def _local_curvature(self, flat: Array, v: Array, term: Collocation):
+        """``(c, g, r_vv)`` of a local term, unweighted: ``u``'s Taylor coefficients ``c``
+        at the points, ``g = dr/dc`` and ``r_vv``, by the chain rule: ``c_v``, ``c_vv`` by
+        forward mode of their closed forms, ``r_vv`` the second derivative of the residual
+        along the parabola ``c + t c_v + t^2 c_vv / 2`` (exact to second order)."""
+        indices = multi_indices(self.model.dim, term.order)
+        points = jnp.asarray(term.points, self.model.dtype)
+
+        def through(c, x):
+            return term.residual(taylor_polynomial(indices, c, x), x)
+
+        def coefficients(f):
+            return taylor_coefficients(indices, self._params(f), points)
+
+        def tangent(f):
+            return jax.jvp(coefficients, (f,), (v,))
+
+        (c, c_v), (_, c_vv) = jax.jvp(tangent, (flat,), (v,))
+
+        def along(t):
+            return jax.vmap(through)(c + t * c_v + 0.5 * t * t * c_vv, points)
+
+        def first(t):
+            return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
+
+        zero = jnp.zeros((), flat.dtype)
+        r_vv = jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
+        return c, jax.vmap(jax.grad(through))(c, points), r_vv, coefficients
+
+    def residual_curvature(self, delta: Array, v: Array) -> Array:
+        """``r_vv``, weighted, ``(N,)``: local terms on an AION through their Taylor
+        coefficients (forward mode only), the others by a JVP of a JVP of their residuals."""
+        flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
+        v = v.reshape(-1)
+        parts = []
+        for term in self.terms:
+            if self._local(term):
+                r_vv = self._local_curvature(flat, v, term)[2]
+            else:
+                def values(f, term=term):
+                    u = pointwise(self.to_model(f.reshape(self.theta.shape), self.model))
+                    return jax.vmap(lambda x: term.residual(u, x))(term.points)
+
+                def along(t, values=values):
+                    return jax.jvp(values, (flat + t * v,), (v,))[1]
+
+                zero = jnp.zeros((), flat.dtype)
+                r_vv = jax.jvp(along, (zero,), (jnp.ones_like(zero),))[1]
+            parts.append(jnp.sqrt(term.weight) * r_vv)
+        return jnp.concatenate(parts)
+
+    def geodesic_rhs(self, delta: Array, v: Array, jac: Array | None = None) -> Array:
+        """``J^T r_vv``. With ``jac``, the Jacobian at ``delta`` that the loop holds from its
+        pass there (`keeps_jacobian`): ``r_vv`` by forward mode (`residual_curvature`) and
+        one product with ``J^T``, no reverse pass. Without, when every term is local
+        (`Collocation`'s ``order``) on an AION, ``J^T r_vv`` is one reverse pass of the
+        closed forms with the cotangent ``w r_vv dr/dc``; otherwise JVPs and a VJP of the
+        residual vector."""
+        if jac is not None:
+            r_vv = self.residual_curvature(delta, v)
+            return jnp.matmul(r_vv.astype(jac.dtype), jac,
+                              precision=jax.lax.Precision.HIGHEST).astype(self.theta.dtype)
         if not all(self._local(t) for t in self.terms):
             return super().geodesic_rhs(delta, v)
         flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
         v = v.reshape(-1)
         total = jnp.zeros_like(flat)
         for term in self.terms:
-            indices = multi_indices(self.model.dim, term.order)
-            points = jnp.asarray(term.points, self.model.dtype)
-
-            def through(c, x, indices=indices, term=term):
-                return term.residual(taylor_polynomial(indices, c, x), x)
-
-            def coefficients(f, indices=indices, points=points):
-                return taylor_coefficients(indices, self._params(f), points)
-
-            def tangent(f, coefficients=coefficients):
-                return jax.jvp(coefficients, (f,), (v,))
-
-            (c, c_v), (_, c_vv) = jax.jvp(tangent, (flat,), (v,))
-
-            def along(t, c=c, c_v=c_v, c_vv=c_vv, points=points, through=through):
-                return jax.vmap(through)(c + t * c_v + 0.5 * t * t * c_vv, points)
-
-            def first(t, along=along):
-                return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
-
-            zero = jnp.zeros((), flat.dtype)
-            r_vv = jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
-            g = jax.vmap(jax.grad(through))(c, points)
+            _, g, r_vv, coefficients = self._local_curvature(flat, v, term)
             _, pull = jax.vjp(coefficients, flat)
             total = total + pull(jnp.reshape(term.weight * r_vv, (-1, 1)) * g)[0]
         return total
