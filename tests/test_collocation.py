@@ -403,3 +403,40 @@ def test_a_broken_locality_promise_raises(residual, order):
     with pytest.raises(Exception, match="declared local"):
         jax.block_until_ready(jax.jit(
             lambda s: idn.solve(s, terms, max_steps=2, throw=False)[0].A)(start))
+
+
+@pytest.mark.parametrize("dim, order, shared_dims", [(1, 3, False), (3, 2, False),
+                                                     (3, 1, True)])
+def test_taylor_closed_forms_match_autodiff(dim, order, shared_dims):
+    """The closed forms behind local terms, in any dimension: the Jacobian contracted with a
+    cotangent (`taylor_jacobian`) against a VJP of the Taylor coefficients, and their first
+    and second derivatives along a direction (`taylor_series`) against a JVP of a JVP
+    (float64)."""
+    from infinite_descent._problems._collocation import (
+        multi_indices, taylor_coefficients, taylor_jacobian, taylor_series, unstack_layout)
+
+    model = shifted_aion(jax.random.key(7), rank=2, dim=dim, terms=2, shared_dims=shared_dims)
+    problem = CollocationProblem(model, (idn.Collocation(jnp.zeros((1, dim)),
+                                                         lambda u, x: u(x)),))
+    flat = problem.theta.reshape(-1)
+    indices = multi_indices(dim, order)
+    points = jax.random.uniform(jax.random.key(8), (5, dim), jnp.float64, -1.0, 1.0)
+
+    def params(f):
+        m = unstack_layout(f.reshape(problem.theta.shape), model, model)
+        return m.A, m.alpha, m.omega, m.phi
+
+    def coefficients(f):
+        return taylor_coefficients(indices, params(f), points)
+
+    cotangent = jax.random.normal(jax.random.key(9), (5, len(indices)), jnp.float64)
+    rows = taylor_jacobian(indices, params(flat), points, cotangent)
+    full = jax.jacrev(coefficients)(flat)  # (n, K, M)
+    np.testing.assert_allclose(rows, jnp.einsum("nk,nkm->nm", cotangent, full), rtol=1e-11,
+                               atol=1e-12 * float(jnp.max(jnp.abs(rows))))
+    v = jax.random.normal(jax.random.key(10), flat.shape, jnp.float64)
+    (c, c_v), (_, c_vv) = jax.jvp(lambda f: jax.jvp(coefficients, (f,), (v,)), (flat,), (v,))
+    for got, want in zip(taylor_series(indices, params(flat), params(v), points),
+                         (c, c_v, c_vv)):
+        np.testing.assert_allclose(got, want, rtol=1e-11,
+                                   atol=1e-12 * float(jnp.max(jnp.abs(want))))

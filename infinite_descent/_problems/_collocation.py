@@ -22,8 +22,10 @@ do to data.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
+import operator
 
 from collections.abc import Callable
 from typing import ClassVar
@@ -38,7 +40,7 @@ from .._models._aion import AION, derivative
 from .._models._base import AbstractSumOfTerms, ModelSum
 from ._aion import stack_params, unstack_params
 from ._autodiff import stack_terms, unstack_terms
-from ._base import AbstractResidualProblem, residual_jacobian
+from ._base import AbstractResidualProblem, materialized, residual_jacobian
 
 
 def _is_concrete(array) -> bool:
@@ -235,26 +237,121 @@ def _atom_powers(params: tuple, points: Array, highest: int):
     xs = points[:, None, :, None]  # (n, 1, d, 1)
     magnitude = jnp.exp(alpha * xs)
     angle = omega * xs + phi
-    # The barrier keeps XLA from fusing the exponentials into every power that uses them
-    # (recomputed there: several times slower on the CPU, measured).
-    a, b = jax.lax.optimization_barrier((magnitude * jnp.cos(angle), magnitude * jnp.sin(angle)))
+    # Stored once (`materialized`): on the CPU, XLA otherwise fuses the sines and cosines
+    # into every consumer and evaluates them there again (four times in the Jacobian).
+    a, b = materialized(lambda m, t: (m * jnp.cos(t), m * jnp.sin(t)), magnitude, angle)
     a, b = [a], [b]
     for _ in range(highest):
         a, b = a + [alpha * a[-1] - omega * b[-1]], b + [alpha * b[-1] + omega * a[-1]]
     return jnp.stack(a), jnp.stack(b)
 
 
-def taylor_coefficients(indices, params: tuple, points: Array) -> Array:
+def taylor_coefficients(indices, params: tuple, points: Array, powers=None) -> Array:
     """``D^k f(x)`` of an AION at every point for every ``k`` of ``indices``, shape
     ``(n, len(indices))``: `derivative_closed_form` for each, the exponentials computed once
     and in real arithmetic."""
     A = params[0]
     highest = max(max(k) for k in indices)
-    a, _ = _atom_powers(params, points, highest)
+    a, _ = _atom_powers(params, points, highest) if powers is None else powers
     psi = jnp.sum(A[None, None] * a, axis=-1)  # (m, n, r, d)
     dim = points.shape[1]
-    return jnp.stack([jnp.sum(jnp.prod(jnp.stack([psi[k[i], :, :, i] for i in range(dim)]),
-                                       axis=0), axis=-1) for k in indices], axis=1)
+    return jnp.stack([jnp.sum(functools.reduce(operator.mul, [psi[k[i], :, :, i]
+                                                             for i in range(dim)]), axis=-1)
+                      for k in indices], axis=1)
+
+
+def _cmul(p, q):
+    """The product of two complex numbers given as ``(real, imaginary)`` pairs."""
+    return p[0] * q[0] - p[1] * q[1], p[0] * q[1] + p[1] * q[0]
+
+
+def _dims_product(factors: list) -> Array:
+    """``prod_i f_i`` over a list of per-dimension factors."""
+    return functools.reduce(operator.mul, factors)
+
+
+def taylor_jacobian(indices, params: tuple, points: Array, cotangent: Array,
+                    powers=None) -> Array:
+    """``sum_k cotangent[n, k] dc_k(x_n)/dtheta``, shape ``(n, M)`` in the layout of
+    `stack_params` (``(rank, 4, d', P)`` raveled): the rows of ``J`` of a local term from
+    ``dr/dc`` at each point, in closed form.
+
+    With ``Q_m = z^m e^{z x + i phi}`` (``z = alpha + i omega``) and the one-dimensional
+    factor ``psi_m = sum_P Re(A Q_m)``: ``d/dA = Re Q_m``, ``d/dalpha = Re(A (m Q_{m-1} +
+    x Q_m))``, ``d/domega = -Im(A (m Q_{m-1} + x Q_m))``, ``d/dphi = -Im(A Q_m)``, times
+    the factors of the other dimensions. The exponentials are computed once, the rest is
+    products: no per-point reverse pass."""
+    A = params[0][None]  # (1, r, d', P)
+    highest = max(max(k) for k in indices)
+    a, b = _atom_powers(params, points, highest) if powers is None else powers
+    xs = points[:, None, :, None]
+    psi = jnp.sum(A[None] * a, axis=-1)  # (m, n, r, d)
+    dim = points.shape[1]
+    rows = []
+    for m in range(highest + 1):  # d psi_m / d(A, alpha, omega, phi): (n, r, 4, d, P)
+        shift_a = m * a[m - 1] + xs * a[m] if m else xs * a[m]
+        shift_b = m * b[m - 1] + xs * b[m] if m else xs * b[m]
+        rows.append(jnp.stack([a[m], A * shift_a, -A * shift_b, -A * b[m]], axis=2))
+    factors = [[psi[k[i], :, :, i] for i in range(dim)] for k in indices]  # (n, r) each
+    blocks = []
+    for i in range(dim):
+        # The cotangent of psi_m in dimension i: sum over the k with k_i = m.
+        weights = [0.0] * (highest + 1)
+        for n, k in enumerate(indices):
+            others = [f for j, f in enumerate(factors[n]) if j != i]
+            weight = cotangent[:, n, None] * (_dims_product(others) if others else 1.0)
+            weights[k[i]] = weights[k[i]] + weight
+        blocks.append(sum(w[:, :, None, None] * rows[m][:, :, :, i, :]
+                          for m, w in enumerate(weights) if not isinstance(w, float)))
+    total = jnp.stack(blocks, axis=3)  # (n, r, 4, d, P)
+    shared = params[1].shape[1] == 1 and dim > 1
+    if shared:
+        total = jnp.sum(total, axis=3, keepdims=True)
+    return total.reshape(points.shape[0], -1)
+
+
+def taylor_series(indices, params: tuple, direction: tuple, points: Array):
+    """``(c, c_v, c_vv)``: the Taylor coefficients of `taylor_coefficients` and their first
+    and second derivatives along the parameter direction ``direction`` (an AION-shaped
+    ``(dA, dalpha, domega, dphi)``), each ``(n, len(indices))``, in closed form (Taylor
+    mode by hand): along ``theta + t v``, ``Q_m' = m dz Q_{m-1} + s Q_m`` and ``Q_m'' =
+    m (m-1) dz^2 Q_{m-2} + 2 m dz s Q_{m-1} + s^2 Q_m`` with ``dz = dalpha + i domega``,
+    ``s = dz x + i dphi``; ``(A Q)' = dA Q + A Q'``, ``(A Q)'' = 2 dA Q' + A Q''``; the
+    product over dimensions by Leibniz's rule. The exponentials once, as for the values;
+    automatic differentiation (a JVP of a JVP) costs four times the values, measured."""
+    A = params[0][None]
+    dA, dalpha, domega, dphi = (p[None] for p in direction)
+    highest = max(max(k) for k in indices)
+    a, b = _atom_powers(params, points, highest)
+    xs = points[:, None, :, None]
+    dz = (dalpha, domega)
+    s = (dalpha * xs, domega * xs + dphi)
+    dz2, dzs, s2 = _cmul(dz, dz), _cmul(dz, s), _cmul(s, s)
+    q = [(a[m], b[m]) for m in range(highest + 1)]
+    series = []  # per m: psi, psi', psi'' (n, r, d)
+    for m in range(highest + 1):
+        first = _cmul(s, q[m])
+        second = _cmul(s2, q[m])
+        if m >= 1:
+            t = _cmul(dz, q[m - 1])
+            first = (first[0] + m * t[0], first[1] + m * t[1])
+            t = _cmul(dzs, q[m - 1])
+            second = (second[0] + 2 * m * t[0], second[1] + 2 * m * t[1])
+        if m >= 2:
+            t = _cmul(dz2, q[m - 2])
+            second = (second[0] + m * (m - 1) * t[0], second[1] + m * (m - 1) * t[1])
+        series.append((jnp.sum(A * q[m][0], axis=-1),
+                       jnp.sum(dA * q[m][0] + A * first[0], axis=-1),
+                       jnp.sum(2 * dA * first[0] + A * second[0], axis=-1)))
+    dim = points.shape[1]
+    out = []
+    for k in indices:
+        f0, f1, f2 = (x[:, :, 0] for x in series[k[0]])
+        for i in range(1, dim):
+            g0, g1, g2 = (x[:, :, i] for x in series[k[i]])
+            f0, f1, f2 = f0 * g0, f0 * g1 + f1 * g0, f0 * g2 + 2 * f1 * g1 + f2 * g0
+        out.append((jnp.sum(f0, axis=-1), jnp.sum(f1, axis=-1), jnp.sum(f2, axis=-1)))
+    return tuple(jnp.stack([o[j] for o in out], axis=1) for j in range(3))
 
 
 def taylor_polynomial(indices, coefficients: Array, center: Array) -> Callable:
@@ -376,18 +473,14 @@ class CollocationProblem(AbstractResidualProblem):
 
         params = self._params(flat)
         points = jnp.asarray(term.points, self.model.dtype)
-        c = taylor_coefficients(indices, params, points)
+        powers = _atom_powers(params, points, max(max(k) for k in indices))
+        c = taylor_coefficients(indices, params, points, powers)
         root = jnp.sqrt(term.weight)
         if not jacobian:
             return root * jax.vmap(through)(c, points), None
         r, g = jax.vmap(jax.value_and_grad(through))(c, points)
-        def row(x, gx):
-            _, pull = jax.vjp(
-                lambda f: taylor_coefficients(indices, self._params(f), x[None])[0], flat)
-            return pull(gx)[0]
-
-        jac = jax.vmap(row)(points, g)
-        return root * r, jnp.reshape(root, (-1, 1)) * jac
+        jac = taylor_jacobian(indices, params, points, jnp.reshape(root, (-1, 1)) * g, powers)
+        return root * r, jac
 
     def residuals(self, delta: Array) -> Array:
         """Every term's weighted residuals at ``theta + delta``, concatenated: ``(N,)``."""
@@ -428,34 +521,23 @@ class CollocationProblem(AbstractResidualProblem):
             js.append(jnp.reshape(root, (-1, 1)) * jac)
         return jnp.concatenate(rs), jnp.concatenate(js)
 
-    def _local_curvature(self, flat: Array, v: Array, term: Collocation):
-        """``(c, g, r_vv)`` of a local term, unweighted: ``u``'s Taylor coefficients ``c``
-        at the points, ``g = dr/dc`` and ``r_vv``, by the chain rule: ``c_v``, ``c_vv`` by
-        forward mode of their closed forms, ``r_vv`` the second derivative of the residual
+    def _local_curvature(self, flat: Array, v: Array, term: Collocation) -> Array:
+        """``r_vv`` of a local term, unweighted, by the chain rule: ``c``, ``c_v``, ``c_vv``
+        in closed form (`taylor_series`), ``r_vv`` the second derivative of the residual
         along the parabola ``c + t c_v + t^2 c_vv / 2`` (exact to second order)."""
         indices = multi_indices(self.model.dim, term.order)
         points = jnp.asarray(term.points, self.model.dtype)
-
-        def through(c, x):
-            return term.residual(taylor_polynomial(indices, c, x), x)
-
-        def coefficients(f):
-            return taylor_coefficients(indices, self._params(f), points)
-
-        def tangent(f):
-            return jax.jvp(coefficients, (f,), (v,))
-
-        (c, c_v), (_, c_vv) = jax.jvp(tangent, (flat,), (v,))
+        c, c_v, c_vv = taylor_series(indices, self._params(flat), self._params(v), points)
 
         def along(t):
-            return jax.vmap(through)(c + t * c_v + 0.5 * t * t * c_vv, points)
+            return jax.vmap(lambda ck, x: term.residual(taylor_polynomial(indices, ck, x), x))(
+                c + t * c_v + 0.5 * t * t * c_vv, points)
 
         def first(t):
             return jax.jvp(along, (t,), (jnp.ones_like(t),))[1]
 
         zero = jnp.zeros((), flat.dtype)
-        r_vv = jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
-        return c, jax.vmap(jax.grad(through))(c, points), r_vv, coefficients
+        return jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
 
     def residual_curvature(self, delta: Array, v: Array) -> Array:
         """``r_vv``, weighted, ``(N,)``: local terms on an AION through their Taylor
@@ -465,7 +547,7 @@ class CollocationProblem(AbstractResidualProblem):
         parts = []
         for term in self.terms:
             if self._local(term):
-                r_vv = self._local_curvature(flat, v, term)[2]
+                r_vv = self._local_curvature(flat, v, term)
             else:
                 def values(f, term=term):
                     u = pointwise(self.to_model(f.reshape(self.theta.shape), self.model))
@@ -483,23 +565,15 @@ class CollocationProblem(AbstractResidualProblem):
         """``J^T r_vv``. With ``jac``, the Jacobian at ``delta`` that the loop holds from its
         pass there (`keeps_jacobian`): ``r_vv`` by forward mode (`residual_curvature`) and
         one product with ``J^T``, no reverse pass. Without, when every term is local
-        (`Collocation`'s ``order``) on an AION, ``J^T r_vv`` is one reverse pass of the
-        closed forms with the cotangent ``w r_vv dr/dc``; otherwise JVPs and a VJP of the
-        residual vector."""
+        (`Collocation`'s ``order``) on an AION, the same with ``J`` formed here (closed
+        forms, `taylor_jacobian`); otherwise JVPs and a VJP of the residual vector."""
         if jac is not None:
             r_vv = self.residual_curvature(delta, v)
             return jnp.matmul(r_vv.astype(jac.dtype), jac,
                               precision=jax.lax.Precision.HIGHEST).astype(self.theta.dtype)
         if not all(self._local(t) for t in self.terms):
             return super().geodesic_rhs(delta, v)
-        flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
-        v = v.reshape(-1)
-        total = jnp.zeros_like(flat)
-        for term in self.terms:
-            _, g, r_vv, coefficients = self._local_curvature(flat, v, term)
-            _, pull = jax.vjp(coefficients, flat)
-            total = total + pull(jnp.reshape(term.weight * r_vv, (-1, 1)) * g)[0]
-        return total
+        return self.geodesic_rhs(delta, v, jac=self.residual_and_jacobian(delta)[1])
 
     def data_finite(self) -> Bool[Array, ""]:
         ok = jnp.asarray(True)
