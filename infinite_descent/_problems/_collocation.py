@@ -77,13 +77,18 @@ class Collocation(eqx.Module):
     - ``weight``: ``w >= 0``, one number or one per point (shape ``(n,)``); default 1.
     - ``order``: optional, a promise that the residual is local: it uses ``u`` only through
       ``u`` and its derivatives of total order at most ``order``, all at ``x`` itself (a
-      differential equation, a Dirichlet condition: ``order=0``, a Neumann one: ``1``). For
-      an `AION` the residuals and Jacobian are then formed by the chain rule through those
-      derivatives: ``u``'s Taylor coefficients at ``x`` (closed forms, with their
-      derivatives in the parameters) and the residual's derivatives in them, computed on
-      the Taylor polynomial; several times cheaper than differentiating the residual in the
-      parameters at large ranks. A residual that breaks the promise (a higher derivative, a
-      value of ``u`` elsewhere) sees the Taylor polynomial there and is silently wrong.
+      second-order differential equation: ``order=2``, a Dirichlet condition: ``0``, a
+      Neumann one: ``1``). For an `AION` the residuals, their Jacobian and the geodesic
+      term are then formed by the chain rule through those derivatives: ``u``'s Taylor
+      coefficients at ``x`` and their derivatives in the parameters in closed form, the
+      residual's derivatives in the coefficients by automatic differentiation of it on the
+      Taylor polynomial. On the rank-12 Burgers benchmark an inner iteration costs 10.5 ms
+      against 37.6 ms without (CPU, one core). The promise is checked at the start of every
+      solve: there, at every point, the residuals and their derivative along one random
+      direction of the parameters must equal those of automatic differentiation of the
+      residual as written, or the solve raises (a residual that breaks it sees the Taylor
+      polynomial, whose derivatives above ``order`` are zero). A model other than an
+      `AION` ignores ``order``.
       ``None`` (the default): automatic differentiation of the residual as written.
 
     ```python
@@ -432,8 +437,12 @@ class CollocationProblem(AbstractResidualProblem):
 
     Residuals: every term's ``sqrt(w) residual(u, x)`` over its points, concatenated
     (``N`` in all). The Jacobian comes from automatic differentiation in the parameters
-    (forward mode when ``M <= N``), applied to the closed form for an AION; products with
-    ``J^T J`` and the geodesic right-hand side are JVPs and VJPs. The blocks are the model's
+    (reverse mode point by point; forward mode for the smallest models), applied to the
+    closed form for an AION, or, for a local term on an AION (`Collocation`'s ``order``),
+    from the closed forms of ``u``'s Taylor coefficients (`taylor_jacobian`). The loop keeps
+    ``J`` from its pass (``keeps_jacobian``), so the geodesic right-hand side ``J^T r_vv``
+    needs only ``r_vv``: forward mode (`taylor_series` for local terms). Products with
+    ``J^T J`` are a JVP and a VJP. The blocks are the model's
     terms (an AION's ranks); with a nonlinear residual the Hessian's residual-weighted part
     also couples the terms, and its off-diagonal blocks are not used.
     """
