@@ -99,7 +99,7 @@ def residual_terms(model: AbstractSumOfTerms, terms: tuple) -> list[Collocation]
     def shifted(residual):
         return lambda v, x: residual(lambda p: u(p) + v(p), x)
 
-    return [Collocation(t.points, shifted(t.residual), t.weight) for t in terms]
+    return [Collocation(t.points, shifted(t.residual), t.weight, t.order) for t in terms]
 
 
 def _loss_function(terms, x, y) -> Callable:

@@ -297,3 +297,146 @@ def test_a_sum_of_models_on_collocation_terms():
     truth = jax.vmap(exact)(test)
     error = jnp.linalg.norm(jax.vmap(fit)(test) - truth) / jnp.linalg.norm(truth)
     assert float(error) < 1e-9, (float(error), int(info.inner_steps))
+
+
+@pytest.mark.parametrize("shared_dims", [False, True])
+def test_local_order_matches_autodiff(shared_dims):
+    """``Collocation(..., order=k)``: residuals, Jacobian and ``J^T r_vv`` by the chain rule
+    through the Taylor coefficients equal those of automatic differentiation (float64)."""
+    from infinite_descent._problems._collocation import CollocationProblem
+
+    def pde(u, p):
+        g, H = jax.grad(u)(p), jax.hessian(u)(p)
+        return g[1] + u(p) * g[0] - 0.1 * H[0, 0] + jnp.sin(u(p)) * H[0, 1]
+
+    def wall(u, x):
+        return u(x) - 1.0
+
+    pts = jax.random.uniform(jax.random.key(3), (7, 2), dtype=jnp.float64)
+    model = idn.AION(3, 2, 2, key=jax.random.key(1), shared_dims=shared_dims,
+                     dtype=jnp.float64)
+    plain = CollocationProblem(model, (idn.Collocation(pts, pde),
+                                       idn.Collocation(pts[:3], wall, 2.0)))
+    local = CollocationProblem(model, (idn.Collocation(pts, pde, order=2),
+                                       idn.Collocation(pts[:3], wall, 2.0, order=0)))
+    assert local.num_params > 8  # past the forward-mode path
+    d = 0.01 * jax.random.normal(jax.random.key(2), plain.theta.shape, jnp.float64)
+    v = jax.random.normal(jax.random.key(5), (plain.num_params,), jnp.float64)
+    ra, Ja = plain.residual_and_jacobian(d)
+    rb, Jb = local.residual_and_jacobian(d)
+    np.testing.assert_allclose(rb, ra, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(Jb, Ja, rtol=1e-11, atol=1e-12 * float(jnp.max(jnp.abs(Ja))))
+    np.testing.assert_allclose(local.residuals(d), plain.residuals(d), rtol=1e-12, atol=1e-12)
+    ga, gb = plain.geodesic_rhs(d, v), local.geodesic_rhs(d, v)
+    np.testing.assert_allclose(gb, ga, rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(ga))))
+    # Against forward-over-forward autodiff of the plain residual vector: r_vv, and J^T r_vv
+    # from the Jacobian the loop holds (`geodesic_rhs(..., jac=J)`), local or not.
+    flat = d.reshape(-1)
+
+    def along(t):
+        return jax.jvp(plain.residuals, (flat + t * v,), (v,))[1]
+
+    r_vv = jax.jvp(along, (0.0,), (1.0,))[1]
+    reference = Ja.T @ r_vv
+    scale = float(jnp.max(jnp.abs(reference)))
+    for problem, J in ((local, Jb), (plain, Ja)):
+        np.testing.assert_allclose(problem.residual_curvature(d, v), r_vv, rtol=1e-10,
+                                   atol=1e-12 * float(jnp.max(jnp.abs(r_vv))))
+        np.testing.assert_allclose(problem.geodesic_rhs(d, v, jac=J), reference, rtol=1e-10,
+                                   atol=1e-12 * scale)
+    np.testing.assert_allclose(ga, reference, rtol=1e-10, atol=1e-12 * scale)
+
+
+def test_order_validated():
+    with pytest.raises(ValueError, match="order"):
+        idn.Collocation(jnp.zeros((2, 1)), lambda u, x: u(x), order=-1)
+
+
+def test_local_terms_solve_with_the_kept_jacobian():
+    """Declared local, the Poisson problem solves to rounding as without, the geodesic term
+    from the Jacobian the loop keeps (``geodesic="on"``, so it is used every iteration)."""
+    from infinite_descent._problems._collocation import CollocationProblem as Problem
+
+    interior, edges = square_points()
+    boundary = jnp.concatenate(list(edges.values()))
+    terms = [idn.Collocation(interior, poisson, order=2),
+             idn.Collocation(boundary, dirichlet, order=0)]
+    assert Problem.keeps_jacobian
+    model, info = idn.solve(idn.AION(2, 2, 1, key=jax.random.key(0)), terms,
+                            solver=idn.SNR(geodesic=True), throw=False)
+    assert relative_l2_error(model) < 1e-10, (relative_l2_error(model), int(info.inner_steps))
+
+
+def third_derivative(u, x):  # uses u_xxx: order 3, not 2
+    return jax.grad(lambda p: jax.hessian(u)(p)[0, 0])(x)[0] - source(x)
+
+
+def elsewhere(u, x):  # u at another point: not local at all
+    return jax.hessian(u)(x)[0, 0] + u(x + 0.1) - source(x)
+
+
+def hidden_in_the_derivative(u, x):
+    """Its value is Dirichlet's (order 0), but it varies with u_yyy: only the derivative
+    along the parameters tells."""
+    u_yyy = jax.grad(lambda p: jax.hessian(u)(p)[1, 1])(x)[1]
+    return u(x) - exact(x) + (u_yyy - jax.lax.stop_gradient(u_yyy))
+
+
+@pytest.mark.parametrize("residual, order", [(third_derivative, 2), (poisson, 1),
+                                             (elsewhere, 2), (dirichlet, None),
+                                             (hidden_in_the_derivative, 2)])
+def test_a_broken_locality_promise_raises(residual, order):
+    """A residual that uses more than ``order`` derivatives of ``u`` at the point, or ``u``
+    elsewhere, is caught at the start of the solve (its residuals or their derivative along
+    a direction of the parameters differ from autodiff), also under ``jit``; a promise kept
+    (``order=None`` here, the wall declared ``order=0``) solves."""
+    interior, edges = square_points()
+    boundary = jnp.concatenate(list(edges.values()))
+    terms = [idn.Collocation(interior, residual, order=order),
+             idn.Collocation(boundary, dirichlet, order=0)]
+    start = idn.AION(2, 2, 1, key=jax.random.key(0))
+    if order is None:
+        idn.solve(start, terms, max_steps=2, throw=False)
+        return
+    with pytest.raises(Exception, match="declared local"):
+        jax.block_until_ready(idn.solve(start, terms, max_steps=2, throw=False))
+    with pytest.raises(Exception, match="declared local"):
+        jax.block_until_ready(jax.jit(
+            lambda s: idn.solve(s, terms, max_steps=2, throw=False)[0].A)(start))
+
+
+@pytest.mark.parametrize("dim, order, shared_dims", [(1, 3, False), (3, 2, False),
+                                                     (3, 1, True)])
+def test_taylor_closed_forms_match_autodiff(dim, order, shared_dims):
+    """The closed forms behind local terms, in any dimension: the Jacobian contracted with a
+    cotangent (`taylor_jacobian`) against a VJP of the Taylor coefficients, and their first
+    and second derivatives along a direction (`taylor_series`) against a JVP of a JVP
+    (float64)."""
+    from infinite_descent._problems._collocation import (
+        multi_indices, taylor_coefficients, taylor_jacobian, taylor_series, unstack_layout)
+
+    model = shifted_aion(jax.random.key(7), rank=2, dim=dim, terms=2, shared_dims=shared_dims)
+    problem = CollocationProblem(model, (idn.Collocation(jnp.zeros((1, dim)),
+                                                         lambda u, x: u(x)),))
+    flat = problem.theta.reshape(-1)
+    indices = multi_indices(dim, order)
+    points = jax.random.uniform(jax.random.key(8), (5, dim), jnp.float64, -1.0, 1.0)
+
+    def params(f):
+        m = unstack_layout(f.reshape(problem.theta.shape), model, model)
+        return m.A, m.alpha, m.omega, m.phi
+
+    def coefficients(f):
+        return taylor_coefficients(indices, params(f), points)
+
+    cotangent = jax.random.normal(jax.random.key(9), (5, len(indices)), jnp.float64)
+    rows = taylor_jacobian(indices, params(flat), points, cotangent)
+    full = jax.jacrev(coefficients)(flat)  # (n, K, M)
+    np.testing.assert_allclose(rows, jnp.einsum("nk,nkm->nm", cotangent, full), rtol=1e-11,
+                               atol=1e-12 * float(jnp.max(jnp.abs(rows))))
+    v = jax.random.normal(jax.random.key(10), flat.shape, jnp.float64)
+    (c, c_v), (_, c_vv) = jax.jvp(lambda f: jax.jvp(coefficients, (f,), (v,)), (flat,), (v,))
+    for got, want in zip(taylor_series(indices, params(flat), params(v), points),
+                         (c, c_v, c_vv)):
+        np.testing.assert_allclose(got, want, rtol=1e-11,
+                                   atol=1e-12 * float(jnp.max(jnp.abs(want))))

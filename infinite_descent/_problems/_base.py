@@ -22,7 +22,7 @@ autodiff problem of any model).
 from __future__ import annotations
 
 import abc
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -57,6 +57,10 @@ class AbstractProblem(eqx.Module):
 
     theta: eqx.AbstractVar[Array]
     num_data: eqx.AbstractVar[int]
+    # Whether the SNR loop keeps ``J`` from its pass (`NormalEquations`' ``jac``) and hands
+    # it to ``geodesic_rhs(delta, v, jac=J)``: for problems that form ``J`` whole anyway and
+    # whose ``J^T r_vv`` would otherwise repeat the reverse pass that formed it.
+    keeps_jacobian: ClassVar[bool] = False
 
     @property
     def num_params(self) -> int:

@@ -236,8 +236,10 @@ class SNR(eqx.Module):
         """One pass over the data at ``theta + delta``: the sums the linear solver needs and,
         with the exact Hessian, the residual blocks. Frozen parameters get zero gradient."""
         maskf = mask.astype(problem.theta.dtype)
-        eq = problem.normal_equations(delta.reshape(problem.theta.shape),
-                                      **self.linear_solver.sums())
+        sums = self.linear_solver.sums()
+        if problem.keeps_jacobian and self.geodesic != "off":
+            sums = {**sums, "jac": True}
+        eq = problem.normal_equations(delta.reshape(problem.theta.shape), **sums)
         eq = eq._replace(g=eq.g * maskf, diag=eq.diag * maskf)
         blocks = None
         if self.hessian == "exact":
@@ -566,7 +568,12 @@ def geodesic_correction(problem, linear_solver, factors, system, velocity):
     """Transtrum and Sethna's acceleration ``a``: ``(G + mu D) a = -J^T r_vv``, with
     ``r_vv`` the exact second directional derivative of the residuals along ``v``, from the
     factorisation at hand; returns ``(a, passes)`` (one pass more for ``r_vv``)."""
-    h = problem.geodesic_rhs(system.delta, velocity) * system.mask
+    if problem.keeps_jacobian and system.eq.jac is not None:
+        # ``J^T r_vv`` with the Jacobian of the pass at hand: no reverse pass for it.
+        h = problem.geodesic_rhs(system.delta, velocity, jac=system.eq.jac)
+    else:
+        h = problem.geodesic_rhs(system.delta, velocity)
+    h = h * system.mask
     acceleration, more = linear_solver.solve(factors, system, -h)
     return acceleration * system.mask, more
 
