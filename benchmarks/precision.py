@@ -1,6 +1,6 @@
 """float32 against float64: the loss each reaches and the time per inner iteration.
 
-    python -m benchmarks.precision [--out results] [--sizes 10000 100000] [--starts 3]
+    python -m benchmarks.precision [--out results] [--sizes 10000 100000] [--starts 5]
 
 An exactly representable AION target (rank 4, 4 dimensions, 2 terms: ``M = 128``) on ``N``
 uniform points, starts 5% off it (``infinite_descent.bench.timing.random_problem``, one key
@@ -91,7 +91,7 @@ def main() -> None:
 
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--sizes", type=int, nargs="*", default=[10_000, 100_000])
-    p.add_argument("--starts", type=int, default=3)
+    p.add_argument("--starts", type=int, default=5)
     args = p.parse_args()
     eps2 = float(jnp.finfo(jnp.float32).eps) ** 2
     rows = []
