@@ -242,13 +242,15 @@ def burgers_settings(quick: bool) -> list[tuple[int, int, int]]:
     ``t = 0``: rank 10 is held near 2e-6 by the modes it lacks (7.8e-6 at 1800 inner
     iterations, 5.0e-6 after the local terms). Rank 12 at 1500 inner iterations (record
     ``physics_informed_systems_cpu_2026-12-02.json``, core 1 of the 2-core CPU, other jobs
-    on core 0, 11 ms an iteration): seed 0 1.64e-5 in 17.1 s, seed 1 6.31e-7 in 16.5 s,
-    below the goal of 9.1e-7; seed 2, not reached there, 9.27e-6 in 17.3 s (measured apart).
-    Seed 1 alone meets the goal in 30 s; the seeds in turn (0, then 1) spend 33.6 s, over
-    the 30 s. Seed 0 creeps rather than stalls (1.05e-5 at 3000 iterations, seed 2
+    on core 0, load average 1.1 to 1.7, 7.7 ms an iteration): seed 0 1.64e-5 in 12.1 s,
+    seed 1 6.31e-7 in 11.5 s, below the goal of 9.1e-7; the seeds in turn (0, then 1) spend
+    23.6 s, within the 30 s. Seed 2, not reached there, ends at 9.27e-6 (14.3 s measured
+    apart, load 1.0 to 1.4). Before the geodesic term reused the Jacobian pass's
+    exponentials and the Jacobian blocks were stored before their concatenation (same
+    iterates), seeds 0 then 1 spent 33.6 s (11 ms an iteration). Seed 0 creeps rather than stalls (1.05e-5 at 3000 iterations, seed 2
     1.28e-6); seed 1 needs 1400 to 1500 iterations (1.1e-6 at 1300). The geodesic
-    acceleration it needs (1.1e-4 without it) costs 3.7 ms an iteration against 7.7 ms for
-    the Jacobian pass."""
+    acceleration it needs (1.1e-4 without it) cost 3.7 ms an iteration against 7.7 ms for
+    the Jacobian pass before those two changes."""
     return [(1, 1, 30)] if quick else [(2, 2, 300), (4, 2, 300), (6, 2, 300), (10, 2, 1800),
                                        (12, 2, 1500)]
 

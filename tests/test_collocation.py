@@ -345,6 +345,23 @@ def test_local_order_matches_autodiff(shared_dims):
         np.testing.assert_allclose(problem.geodesic_rhs(d, v, jac=J), reference, rtol=1e-10,
                                    atol=1e-12 * scale)
     np.testing.assert_allclose(ga, reference, rtol=1e-10, atol=1e-12 * scale)
+    # The pass the loop keeps (`normal_equations(..., jac=True)`): J, and the exponentials of
+    # the local terms (`kept`), which the geodesic term at the same point reuses; a mix of a
+    # local and a plain term too.
+    mixed = CollocationProblem(model, (idn.Collocation(pts, pde, order=2),
+                                       idn.Collocation(pts[:3], wall, 2.0)))
+    for problem in (local, plain, mixed):
+        eq = problem.normal_equations(d, jac=True)
+        np.testing.assert_allclose(eq.jac, Ja, rtol=1e-11,
+                                   atol=1e-12 * float(jnp.max(jnp.abs(Ja))))
+        assert len(eq.kept) == 2
+        assert (eq.kept[0] is None) == (problem is plain)
+        assert eq.kept[1] is None if problem is not local else eq.kept[1] is not None
+        np.testing.assert_allclose(problem.residual_curvature(d, v, eq.kept), r_vv,
+                                   rtol=1e-10, atol=1e-12 * float(jnp.max(jnp.abs(r_vv))))
+        np.testing.assert_allclose(problem.geodesic_rhs(d, v, jac=eq.jac, kept=eq.kept),
+                                   reference, rtol=1e-10, atol=1e-12 * scale)
+        assert problem.normal_equations(d).kept is None
 
 
 def test_order_validated():

@@ -22,7 +22,7 @@ autodiff problem of any model).
 from __future__ import annotations
 
 import abc
-from typing import ClassVar, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import equinox as eqx
 import jax
@@ -36,7 +36,9 @@ class NormalEquations(NamedTuple):
 
     ``loss = r.r``, ``g = J^T r``, ``diag = diag(J^T J)``; ``gram = J^T J`` (``M x M``),
     ``rank_grams`` (its diagonal blocks, ``(blocks, m, m)``) and ``jac`` (``J`` itself,
-    ``N x M``) only when asked for.
+    ``N x M``) only when asked for. ``kept``: with ``jac``, anything else the problem keeps
+    from its pass for ``geodesic_rhs(delta, v, jac=J, kept=kept)`` at the same point (a
+    `CollocationProblem`'s exponentials); ``None`` for most problems.
     """
 
     loss: Array
@@ -45,6 +47,7 @@ class NormalEquations(NamedTuple):
     gram: Array | None = None
     rank_grams: Array | None = None
     jac: Array | None = None
+    kept: Any = None
 
 
 class AbstractProblem(eqx.Module):

@@ -40,7 +40,8 @@ from .._models._aion import AION, derivative
 from .._models._base import AbstractSumOfTerms, ModelSum
 from ._aion import stack_params, unstack_params
 from ._autodiff import stack_terms, unstack_terms
-from ._base import AbstractResidualProblem, materialized, residual_jacobian
+from ._base import (AbstractResidualProblem, NormalEquations, gram_sums, materialized,
+                    residual_jacobian)
 
 
 def _is_concrete(array) -> bool:
@@ -82,7 +83,7 @@ class Collocation(eqx.Module):
       term are then formed by the chain rule through those derivatives: ``u``'s Taylor
       coefficients at ``x`` and their derivatives in the parameters in closed form, the
       residual's derivatives in the coefficients by automatic differentiation of it on the
-      Taylor polynomial. On the rank-12 Burgers benchmark an inner iteration costs 10.5 ms
+      Taylor polynomial. On the rank-12 Burgers benchmark an inner iteration costs 7.7 ms
       against 37.6 ms without (CPU, one core). The promise is checked at the start of every
       solve: there, at every point, the residuals and their derivative along one random
       direction of the parameters must equal those of automatic differentiation of the
@@ -235,16 +236,26 @@ def multi_indices(dim: int, order: int) -> tuple[tuple[int, ...], ...]:
     return tuple(k for k in itertools.product(range(order + 1), repeat=dim) if sum(k) <= order)
 
 
-def _atom_powers(params: tuple, points: Array, highest: int):
-    """``(a, b)``: the real and imaginary parts of ``z^m e^{z x + i phi}`` (no amplitude) for
-    ``m = 0..highest``, each ``(highest + 1, n, r, d, P)``, in real arithmetic."""
+def atom_exponentials(params: tuple, points: Array) -> tuple[Array, Array]:
+    """``(a, b)``: the real and imaginary parts of ``e^{z x + i phi}`` (no amplitude), each
+    ``(n, r, d, P)``: the exponentials, sines and cosines, the dominant cost of a pass over
+    the points. A `CollocationProblem` keeps them from its Jacobian pass (`NormalEquations`'
+    ``kept``) for the geodesic term at the same point."""
     alpha, omega, phi = (p[None] for p in params[1:])  # (1, r, d', P)
     xs = points[:, None, :, None]  # (n, 1, d, 1)
     magnitude = jnp.exp(alpha * xs)
     angle = omega * xs + phi
     # Stored once (`materialized`): on the CPU, XLA otherwise fuses the sines and cosines
     # into every consumer and evaluates them there again (four times in the Jacobian).
-    a, b = materialized(lambda m, t: (m * jnp.cos(t), m * jnp.sin(t)), magnitude, angle)
+    return materialized(lambda m, t: (m * jnp.cos(t), m * jnp.sin(t)), magnitude, angle)
+
+
+def _atom_powers(params: tuple, points: Array, highest: int, exponentials=None):
+    """``(a, b)``: the real and imaginary parts of ``z^m e^{z x + i phi}`` (no amplitude) for
+    ``m = 0..highest``, each ``(highest + 1, n, r, d, P)``, in real arithmetic; from
+    ``exponentials`` (`atom_exponentials` at the same parameters and points) when given."""
+    alpha, omega = params[1][None], params[2][None]
+    a, b = atom_exponentials(params, points) if exponentials is None else exponentials
     a, b = [a], [b]
     for _ in range(highest):
         a, b = a + [alpha * a[-1] - omega * b[-1]], b + [alpha * b[-1] + omega * a[-1]]
@@ -315,7 +326,8 @@ def taylor_jacobian(indices, params: tuple, points: Array, cotangent: Array,
     return total.reshape(points.shape[0], -1)
 
 
-def taylor_series(indices, params: tuple, direction: tuple, points: Array):
+def taylor_series(indices, params: tuple, direction: tuple, points: Array,
+                  exponentials=None):
     """``(c, c_v, c_vv)``: the Taylor coefficients of `taylor_coefficients` and their first
     and second derivatives along the parameter direction ``direction`` (an AION-shaped
     ``(dA, dalpha, domega, dphi)``), each ``(n, len(indices))``, in closed form (Taylor
@@ -323,11 +335,12 @@ def taylor_series(indices, params: tuple, direction: tuple, points: Array):
     m (m-1) dz^2 Q_{m-2} + 2 m dz s Q_{m-1} + s^2 Q_m`` with ``dz = dalpha + i domega``,
     ``s = dz x + i dphi``; ``(A Q)' = dA Q + A Q'``, ``(A Q)'' = 2 dA Q' + A Q''``; the
     product over dimensions by Leibniz's rule. The exponentials once, as for the values;
-    automatic differentiation (a JVP of a JVP) costs four times the values, measured."""
+    automatic differentiation (a JVP of a JVP) costs four times the values, measured.
+    ``exponentials``: `atom_exponentials` at ``params`` and ``points``, if at hand."""
     A = params[0][None]
     dA, dalpha, domega, dphi = (p[None] for p in direction)
     highest = max(max(k) for k in indices)
-    a, b = _atom_powers(params, points, highest)
+    a, b = _atom_powers(params, points, highest, exponentials)
     xs = points[:, None, :, None]
     dz = (dalpha, domega)
     s = (dalpha * xs, domega * xs + dphi)
@@ -473,8 +486,9 @@ class CollocationProblem(AbstractResidualProblem):
         return model.A, model.alpha, model.omega, model.phi
 
     def _local_residuals(self, flat: Array, term: Collocation, jacobian: bool):
-        """``(r, J or None)`` of a local term (`Collocation`'s ``order``) by the chain
-        rule: ``dr/dtheta = sum_k dr/dc_k dc_k/dtheta`` with ``c_k = D^k u(x)``."""
+        """``(r, J or None, exponentials)`` of a local term (`Collocation`'s ``order``) by
+        the chain rule: ``dr/dtheta = sum_k dr/dc_k dc_k/dtheta`` with ``c_k = D^k u(x)``;
+        ``exponentials`` (`atom_exponentials`) for the geodesic term at the same point."""
         indices = multi_indices(self.model.dim, term.order)
 
         def through(c, x):
@@ -482,14 +496,15 @@ class CollocationProblem(AbstractResidualProblem):
 
         params = self._params(flat)
         points = jnp.asarray(term.points, self.model.dtype)
-        powers = _atom_powers(params, points, max(max(k) for k in indices))
+        exponentials = atom_exponentials(params, points)
+        powers = _atom_powers(params, points, max(max(k) for k in indices), exponentials)
         c = taylor_coefficients(indices, params, points, powers)
         root = jnp.sqrt(term.weight)
         if not jacobian:
-            return root * jax.vmap(through)(c, points), None
+            return root * jax.vmap(through)(c, points), None, exponentials
         r, g = jax.vmap(jax.value_and_grad(through))(c, points)
         jac = taylor_jacobian(indices, params, points, jnp.reshape(root, (-1, 1)) * g, powers)
-        return root * r, jac
+        return root * r, jac, exponentials
 
     def residuals(self, delta: Array) -> Array:
         """Every term's weighted residuals at ``theta + delta``, concatenated: ``(N,)``."""
@@ -510,16 +525,28 @@ class CollocationProblem(AbstractResidualProblem):
         than one reverse pass. A local term (`Collocation`'s ``order``) on an AION goes
         through its Taylor coefficients instead: one reverse pass of the closed forms for the
         residual's gradient in those coefficients."""
+        return self._residual_jacobian_kept(delta)[:2]
+
+    def _residual_jacobian_kept(self, delta: Array) -> tuple[Array, Array, tuple | None]:
+        """``(r, J, kept)``: `residual_and_jacobian` and, per term, the exponentials of a
+        local term (`atom_exponentials`, ``None`` for the others), or ``kept=None``."""
         if self.num_params <= FORWARD_MODE_PARAMS:
-            return residual_jacobian(self.residuals, delta, self.num_data)
+            return *residual_jacobian(self.residuals, delta, self.num_data), None
         flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
-        rs, js = [], []
+        rs, js, kept = [], [], []
         for term in self.terms:
             if self._local(term):
-                r, jac = self._local_residuals(flat, term, True)
+                r, jac, exponentials = self._local_residuals(flat, term, True)
                 rs.append(r)
-                js.append(jac)
+                # Stored before the concatenation (`materialized`): on the CPU, XLA otherwise
+                # fuses the products that form the block into the concatenation, which then
+                # costs about as much again as the rest of the pass (rank-12 Burgers: 5.5 ms
+                # against 3.1 ms, measured). A NaN in the block's first entry makes it all
+                # NaN, which the step it feeds is anyway.
+                js.append(materialized(lambda j: j, jac))
+                kept.append(exponentials)
                 continue
+            kept.append(None)
             def point(theta, x, term=term):
                 model = self.to_model(theta.reshape(self.theta.shape), self.model)
                 return term.residual(pointwise(model), x)
@@ -528,15 +555,29 @@ class CollocationProblem(AbstractResidualProblem):
             root = jnp.sqrt(term.weight)
             rs.append(root * r)
             js.append(jnp.reshape(root, (-1, 1)) * jac)
-        return jnp.concatenate(rs), jnp.concatenate(js)
+        return jnp.concatenate(rs), jnp.concatenate(js), tuple(kept)
 
-    def _local_curvature(self, flat: Array, v: Array, term: Collocation) -> Array:
+    def normal_equations(
+        self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
+    ) -> NormalEquations:
+        """As `AbstractResidualProblem`'s; with ``jac``, also ``kept``: the exponentials of
+        the local terms at ``delta`` (`atom_exponentials`), which `geodesic_rhs` at the same
+        ``delta`` reuses instead of evaluating them again."""
+        r, J, kept = self._residual_jacobian_kept(delta)
+        return gram_sums(r, J, gram=gram, rank_grams=rank_grams,
+                         block_size=self.block_size)._replace(
+                             jac=J if jac else None, kept=kept if jac else None)
+
+    def _local_curvature(self, flat: Array, v: Array, term: Collocation,
+                         exponentials=None) -> Array:
         """``r_vv`` of a local term, unweighted, by the chain rule: ``c``, ``c_v``, ``c_vv``
         in closed form (`taylor_series`), ``r_vv`` the second derivative of the residual
-        along the parabola ``c + t c_v + t^2 c_vv / 2`` (exact to second order)."""
+        along the parabola ``c + t c_v + t^2 c_vv / 2`` (exact to second order).
+        ``exponentials``: `atom_exponentials` at ``flat``, if at hand."""
         indices = multi_indices(self.model.dim, term.order)
         points = jnp.asarray(term.points, self.model.dtype)
-        c, c_v, c_vv = taylor_series(indices, self._params(flat), self._params(v), points)
+        c, c_v, c_vv = taylor_series(indices, self._params(flat), self._params(v), points,
+                                     exponentials)
 
         def along(t):
             return jax.vmap(lambda ck, x: term.residual(taylor_polynomial(indices, ck, x), x))(
@@ -548,15 +589,18 @@ class CollocationProblem(AbstractResidualProblem):
         zero = jnp.zeros((), flat.dtype)
         return jax.jvp(first, (zero,), (jnp.ones_like(zero),))[1]
 
-    def residual_curvature(self, delta: Array, v: Array) -> Array:
+    def residual_curvature(self, delta: Array, v: Array, kept: tuple | None = None) -> Array:
         """``r_vv``, weighted, ``(N,)``: local terms on an AION through their Taylor
-        coefficients (forward mode only), the others by a JVP of a JVP of their residuals."""
+        coefficients (forward mode only), the others by a JVP of a JVP of their residuals.
+        ``kept``: the exponentials of the local terms at ``delta`` (`NormalEquations`'
+        ``kept`` from `normal_equations` at the same ``delta``), if at hand."""
         flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
         v = v.reshape(-1)
         parts = []
-        for term in self.terms:
+        for n, term in enumerate(self.terms):
             if self._local(term):
-                r_vv = self._local_curvature(flat, v, term)
+                r_vv = self._local_curvature(flat, v, term,
+                                             None if kept is None else kept[n])
             else:
                 def values(f, term=term):
                     u = pointwise(self.to_model(f.reshape(self.theta.shape), self.model))
@@ -570,19 +614,23 @@ class CollocationProblem(AbstractResidualProblem):
             parts.append(jnp.sqrt(term.weight) * r_vv)
         return jnp.concatenate(parts)
 
-    def geodesic_rhs(self, delta: Array, v: Array, jac: Array | None = None) -> Array:
+    def geodesic_rhs(self, delta: Array, v: Array, jac: Array | None = None,
+                     kept: tuple | None = None) -> Array:
         """``J^T r_vv``. With ``jac``, the Jacobian at ``delta`` that the loop holds from its
         pass there (`keeps_jacobian`): ``r_vv`` by forward mode (`residual_curvature`) and
         one product with ``J^T``, no reverse pass. Without, when every term is local
         (`Collocation`'s ``order``) on an AION, the same with ``J`` formed here (closed
-        forms, `taylor_jacobian`); otherwise JVPs and a VJP of the residual vector."""
+        forms, `taylor_jacobian`); otherwise JVPs and a VJP of the residual vector.
+        ``kept``: `NormalEquations`' ``kept`` from the same pass as ``jac`` (the local
+        terms' exponentials there), which spares evaluating them again."""
         if jac is not None:
-            r_vv = self.residual_curvature(delta, v)
+            r_vv = self.residual_curvature(delta, v, kept)
             return jnp.matmul(r_vv.astype(jac.dtype), jac,
                               precision=jax.lax.Precision.HIGHEST).astype(self.theta.dtype)
         if not all(self._local(t) for t in self.terms):
             return super().geodesic_rhs(delta, v)
-        return self.geodesic_rhs(delta, v, jac=self.residual_and_jacobian(delta)[1])
+        _, J, kept = self._residual_jacobian_kept(delta)
+        return self.geodesic_rhs(delta, v, jac=J, kept=kept)
 
     def data_finite(self) -> Bool[Array, ""]:
         ok = jnp.asarray(True)

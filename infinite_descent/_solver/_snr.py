@@ -570,7 +570,8 @@ def geodesic_correction(problem, linear_solver, factors, system, velocity):
     factorisation at hand; returns ``(a, passes)`` (one pass more for ``r_vv``)."""
     if problem.keeps_jacobian and system.eq.jac is not None:
         # ``J^T r_vv`` with the Jacobian of the pass at hand: no reverse pass for it.
-        h = problem.geodesic_rhs(system.delta, velocity, jac=system.eq.jac)
+        h = problem.geodesic_rhs(system.delta, velocity, jac=system.eq.jac,
+                                 kept=system.eq.kept)
     else:
         h = problem.geodesic_rhs(system.delta, velocity)
     h = h * system.mask
