@@ -86,7 +86,7 @@ def test_chunked_sums_equal_unchunked_sums():
 def test_chunked_solve_equals_unchunked(linear_solver):
     k1, k2 = jax.random.split(jax.random.key(7))
     target = idn.AION(2, 3, 2, key=k1)
-    x = jax.random.uniform(k2, (3000, 3), minval=-1.0, maxval=1.0)
+    x = jax.random.uniform(k2, (1500, 3), minval=-1.0, maxval=1.0)
     y = jax.vmap(target)(x)
     start = jax.tree.map(lambda a: a * 1.05, target)
     plain, info = idn.solve(start, x, y, linear_solver=linear_solver, chunk_size=None)
