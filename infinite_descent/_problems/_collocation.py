@@ -236,10 +236,11 @@ def multi_indices(dim: int, order: int) -> tuple[tuple[int, ...], ...]:
     return tuple(k for k in itertools.product(range(order + 1), repeat=dim) if sum(k) <= order)
 
 
-def atom_exponentials(params: tuple, points: Array) -> tuple[Array, Array]:
+def real_exponentials(params: tuple, points: Array) -> tuple[Array, Array]:
     """``(a, b)``: the real and imaginary parts of ``e^{z x + i phi}`` (no amplitude), each
     ``(n, r, d, P)``: the exponentials, sines and cosines, the dominant cost of a pass over
-    the points. A `CollocationProblem` keeps them from its Jacobian pass (`NormalEquations`'
+    the points, in real arithmetic and stored once (the model's `atom_exponentials` gives
+    complex values, which the closed forms here would split again). A `CollocationProblem` keeps them from its Jacobian pass (`NormalEquations`'
     ``kept``) for the geodesic term at the same point."""
     alpha, omega, phi = (p[None] for p in params[1:])  # (1, r, d', P)
     xs = points[:, None, :, None]  # (n, 1, d, 1)
@@ -253,9 +254,9 @@ def atom_exponentials(params: tuple, points: Array) -> tuple[Array, Array]:
 def _atom_powers(params: tuple, points: Array, highest: int, exponentials=None):
     """``(a, b)``: the real and imaginary parts of ``z^m e^{z x + i phi}`` (no amplitude) for
     ``m = 0..highest``, each ``(highest + 1, n, r, d, P)``, in real arithmetic; from
-    ``exponentials`` (`atom_exponentials` at the same parameters and points) when given."""
+    ``exponentials`` (`real_exponentials` at the same parameters and points) when given."""
     alpha, omega = params[1][None], params[2][None]
-    a, b = atom_exponentials(params, points) if exponentials is None else exponentials
+    a, b = real_exponentials(params, points) if exponentials is None else exponentials
     a, b = [a], [b]
     for _ in range(highest):
         a, b = a + [alpha * a[-1] - omega * b[-1]], b + [alpha * b[-1] + omega * a[-1]]
@@ -336,7 +337,7 @@ def taylor_series(indices, params: tuple, direction: tuple, points: Array,
     ``s = dz x + i dphi``; ``(A Q)' = dA Q + A Q'``, ``(A Q)'' = 2 dA Q' + A Q''``; the
     product over dimensions by Leibniz's rule. The exponentials once, as for the values;
     automatic differentiation (a JVP of a JVP) costs four times the values, measured.
-    ``exponentials``: `atom_exponentials` at ``params`` and ``points``, if at hand."""
+    ``exponentials``: `real_exponentials` at ``params`` and ``points``, if at hand."""
     A = params[0][None]
     dA, dalpha, domega, dphi = (p[None] for p in direction)
     highest = max(max(k) for k in indices)
@@ -387,8 +388,6 @@ def taylor_polynomial(indices, coefficients: Array, center: Array) -> Callable:
         return total
 
     return u
-
-
 
 
 def _local_values(model: AION, term: Collocation, flat: Array, like) -> Array:
@@ -488,7 +487,7 @@ class CollocationProblem(AbstractResidualProblem):
     def _local_residuals(self, flat: Array, term: Collocation, jacobian: bool):
         """``(r, J or None, exponentials)`` of a local term (`Collocation`'s ``order``) by
         the chain rule: ``dr/dtheta = sum_k dr/dc_k dc_k/dtheta`` with ``c_k = D^k u(x)``;
-        ``exponentials`` (`atom_exponentials`) for the geodesic term at the same point."""
+        ``exponentials`` (`real_exponentials`) for the geodesic term at the same point."""
         indices = multi_indices(self.model.dim, term.order)
 
         def through(c, x):
@@ -496,7 +495,7 @@ class CollocationProblem(AbstractResidualProblem):
 
         params = self._params(flat)
         points = jnp.asarray(term.points, self.model.dtype)
-        exponentials = atom_exponentials(params, points)
+        exponentials = real_exponentials(params, points)
         powers = _atom_powers(params, points, max(max(k) for k in indices), exponentials)
         c = taylor_coefficients(indices, params, points, powers)
         root = jnp.sqrt(term.weight)
@@ -529,7 +528,7 @@ class CollocationProblem(AbstractResidualProblem):
 
     def _residual_jacobian_kept(self, delta: Array) -> tuple[Array, Array, tuple | None]:
         """``(r, J, kept)``: `residual_and_jacobian` and, per term, the exponentials of a
-        local term (`atom_exponentials`, ``None`` for the others), or ``kept=None``."""
+        local term (`real_exponentials`, ``None`` for the others), or ``kept=None``."""
         if self.num_params <= FORWARD_MODE_PARAMS:
             return *residual_jacobian(self.residuals, delta, self.num_data), None
         flat = (self.theta + delta.reshape(self.theta.shape)).reshape(-1)
@@ -561,7 +560,7 @@ class CollocationProblem(AbstractResidualProblem):
         self, delta: Array, *, gram: bool = True, rank_grams: bool = False, jac: bool = False
     ) -> NormalEquations:
         """As `AbstractResidualProblem`'s; with ``jac``, also ``kept``: the exponentials of
-        the local terms at ``delta`` (`atom_exponentials`), which `geodesic_rhs` at the same
+        the local terms at ``delta`` (`real_exponentials`), which `geodesic_rhs` at the same
         ``delta`` reuses instead of evaluating them again."""
         r, J, kept = self._residual_jacobian_kept(delta)
         return gram_sums(r, J, gram=gram, rank_grams=rank_grams,
@@ -573,7 +572,7 @@ class CollocationProblem(AbstractResidualProblem):
         """``r_vv`` of a local term, unweighted, by the chain rule: ``c``, ``c_v``, ``c_vv``
         in closed form (`taylor_series`), ``r_vv`` the second derivative of the residual
         along the parabola ``c + t c_v + t^2 c_vv / 2`` (exact to second order).
-        ``exponentials``: `atom_exponentials` at ``flat``, if at hand."""
+        ``exponentials``: `real_exponentials` at ``flat``, if at hand."""
         indices = multi_indices(self.model.dim, term.order)
         points = jnp.asarray(term.points, self.model.dtype)
         c, c_v, c_vv = taylor_series(indices, self._params(flat), self._params(v), points,
