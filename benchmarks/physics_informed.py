@@ -601,6 +601,86 @@ def iteration_cost(system, repeats: int, steps: int = 21) -> dict:
     return row
 
 
+# -- tensor grids ------------------------------------------------------------------------------
+
+
+def grid_systems(quick: bool) -> list[dict]:
+    """2-D Poisson on an ``n x n`` grid and 2-D + time heat on an ``n x n x n`` grid, every
+    term on a tensor grid (`Collocation.on_grid`): the interior (second order) and each face
+    (Dirichlet, order 0) a grid of its own, the faces' shared edges once."""
+    import jax
+    import jax.numpy as jnp
+
+    import infinite_descent as idn
+
+    def poisson(u, p):
+        return -_lap(u, p) + _lap(poisson_exact, p)
+
+    def heat(u, p):
+        g, H = jax.grad(u)(p), jax.hessian(u)(p)
+        ge, He = jax.grad(heat_exact)(p), jax.hessian(heat_exact)(p)
+        return g[2] - H[0, 0] - H[1, 1] - (ge[2] - He[0, 0] - He[1, 1])
+
+    out = []
+    for n in ((12,) if quick else (64, 128, 256)):
+        axis = jnp.linspace(0.0, 1.0, n)
+        inner, zero, one = axis[1:-1], jnp.zeros(1), jnp.ones(1)
+        wall = _dirichlet(poisson_exact)
+        terms = [idn.Collocation.on_grid((inner, inner), poisson, order=2)] + [
+            idn.Collocation.on_grid(face, wall, order=0)
+            for face in ((zero, axis), (one, axis), (inner, zero), (inner, one))]
+        out.append({"name": "2-D Poisson", "n": n, "dim": 2, "rank": 2, "num_terms": 1,
+                    "exact": poisson_exact, "terms": terms,
+                    "test": _grid((0, 0), (1, 1), (101, 101))})
+    for n in (() if quick else (24, 48)):
+        axis = jnp.linspace(0.0, 1.0, n)
+        inner, later, zero, one = axis[1:-1], axis[1:], jnp.zeros(1), jnp.ones(1)
+        wall = _dirichlet(heat_exact)
+        terms = [idn.Collocation.on_grid((inner, inner, later), heat, order=2)] + [
+            idn.Collocation.on_grid(face, wall, order=0)
+            for face in ((axis, axis, zero), (zero, axis, later), (one, axis, later),
+                         (inner, zero, later), (inner, one, later))]
+        out.append({"name": "2-D + time heat", "n": n, "dim": 3, "rank": 2, "num_terms": 1,
+                    "exact": heat_exact, "terms": terms,
+                    "test": _grid((0, 0, 0), (1, 1, 1), (21, 21, 21))})
+    return out
+
+
+def grid_against_points(system, max_steps: int, repeats: int, steps: int = 21) -> list[dict]:
+    """The same terms solved through their grids' sums and as lists of points (the same
+    residuals and start, seed 0): the solve (error, iterations, passes, wall time after
+    compilation) and the cost of an inner iteration, ``(t(max_steps=steps) -
+    t(max_steps=1)) / (steps - 1)``, medians of ``repeats``."""
+    import jax
+
+    import infinite_descent as idn
+
+    start = idn.AION(system["rank"], system["dim"], system["num_terms"], key=jax.random.key(0))
+    grid_terms = system["terms"]
+    assert all(t.uses_grid_sums for t in grid_terms)
+    point_terms = [idn.Collocation(t.points, t.residual, t.weight, order=t.order)
+                   for t in grid_terms]
+    rows = []
+    for way, terms in (("grid sums", grid_terms), ("points", point_terms)):
+        seconds, (model, info) = timed(lambda terms=terms: idn.solve(
+            start, terms, max_steps=max_steps, throw=False))
+        times = {k: timed(lambda terms=terms, k=k: idn.solve(
+            start, terms, max_steps=k, throw=False), repeats)[0] for k in (1, steps)}
+        rows.append({
+            "system": system["name"], "grid": "x".join([str(system["n"])] * system["dim"]),
+            "N": sum(t.num_points for t in terms), "M": start.num_params, "way": way,
+            "relative_error": relative_error(model, system["exact"], system["test"]),
+            "loss": float(info.loss), "inner_steps": int(info.inner_steps),
+            "data_passes": int(info.data_passes), "wall_s": seconds,
+            "result": idn.RESULTS[info.result] or "successful",
+            "ms_per_iteration": 1e3 * (times[steps] - times[1]) / (steps - 1),
+            "call_ms": 1e3 * times[1],
+        })
+    rows[0]["speedup_per_iteration"] = rows[1]["ms_per_iteration"] / rows[0]["ms_per_iteration"]
+    rows[0]["speedup_solve"] = rows[1]["wall_s"] / rows[0]["wall_s"]
+    return rows
+
+
 # -- main --------------------------------------------------------------------------------------
 
 
@@ -610,10 +690,11 @@ def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     p.add_argument("--skip-peers", action="store_true", help="no peers")
-    p.add_argument("--parts", default="systems,outside,cost",
+    p.add_argument("--parts", default="systems,outside,cost,grid",
                    help="comma-separated parts to run: systems (ours, and the peers unless "
                         "--skip-peers), outside (outside AION's class), cost (one iteration, "
-                        "closed form against autodiff)")
+                        "closed form against autodiff), grid (terms on tensor grids: the "
+                        "grids' sums against the same points)")
     args = p.parse_args()
     parts = set(args.parts.split(","))
     quick = args.quick
@@ -746,6 +827,24 @@ def main() -> None:
                        ("closed_form_call_ms", "ms per call (fixed)"),
                        ("plain_autodiff_call_ms", "autodiff")])
     assert all(math.isfinite(c["speedup"]) for c in cost)
+    save()
+
+    # 5. tensor grids: the grids' sums against the same terms on points
+    grid_rows = []
+    for system in grid_systems(quick) if "grid" in parts else ():
+        print(f"{system['name']} on a {system['n']}-point grid per axis ...", flush=True)
+        grid_rows.extend(grid_against_points(system, max_steps, 3 if quick else 5,
+                                             3 if quick else 21))
+        payload["grid"] = grid_rows
+        save()
+    if grid_rows:
+        print_table(grid_rows, [("system", "system"), ("grid", "grid"), ("N", "N"),
+                                ("M", "M"), ("way", "way"),
+                                ("relative_error", "rel. L2 error"),
+                                ("inner_steps", "iterations"), ("data_passes", "passes"),
+                                ("wall_s", "wall s"), ("ms_per_iteration", "ms / iteration"),
+                                ("speedup_per_iteration", "speedup / it."),
+                                ("speedup_solve", "speedup, solve")])
     path = save()
     print(f"\nwrote {path} ({time.perf_counter() - began:.0f} s)")
 

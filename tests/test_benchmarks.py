@@ -237,3 +237,11 @@ def test_physics_informed_script(tmp_path):
     assert cost["closed_form_call_ms"] > 0 and cost["plain_autodiff_call_ms"] > 0
     assert math.isfinite(cost["speedup"])
     assert cost["models_agree_to"] < 1e-12  # the same function both ways
+    grid, points = result["grid"]  # one grid system, both ways: the same terms and start
+    assert (grid["way"], points["way"]) == ("grid sums", "points")
+    assert grid["N"] == points["N"] == 12 * 12 and grid["M"] == points["M"] == 16
+    for row in (grid, points):
+        assert math.isfinite(row["relative_error"]) and row["ms_per_iteration"] == row[
+            "ms_per_iteration"]
+        assert 0 < row["inner_steps"] <= row["data_passes"]
+    assert math.isfinite(grid["speedup_per_iteration"])

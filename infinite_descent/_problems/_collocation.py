@@ -107,8 +107,15 @@ class Collocation(eqx.Module):
     weight: Array
     residual: Callable = eqx.field(static=True)
     order: int | None = eqx.field(static=True)
+    # A term made by `on_grid`: the grid's axes; and, when its residual is a linear operator
+    # with constant coefficients, that operator (``((k, a_k), ...)`` over multi-indices ``k``,
+    # see `linear_operator`) and its source ``h`` on the grid, ``residual = sum_k a_k D^k u -
+    # h``. ``None`` otherwise.
+    axes: tuple[Array, ...] | None
+    operator: tuple | None = eqx.field(static=True)
+    source: Array | None
 
-    def __init__(self, points, residual, weight=1.0, order=None):
+    def __init__(self, points, residual, weight=1.0, order=None, *, _axes=None):
         if order is not None and (isinstance(order, (bool, np.bool_))
                                   or not isinstance(order, (int, np.integer)) or order < 0):
             raise ValueError(f"Collocation: `order` must be None or an integer >= 0, got "
@@ -152,10 +159,127 @@ class Collocation(eqx.Module):
         self.weight = w
         self.residual = residual
         self.order = None if order is None else int(order)
+        self.axes = None if _axes is None else tuple(jnp.asarray(a, points.dtype)
+                                                     for a in _axes)
+        found = None
+        if self.axes is not None and self.order is not None and w.ndim == 0:
+            found = linear_operator(residual, points, self.order)
+        self.operator = None if found is None else found[0]
+        self.source = None if found is None else found[1].reshape(
+            tuple(a.shape[0] for a in self.axes))
+
+    @classmethod
+    def on_grid(cls, axes, residual, weight=1.0, order=None) -> Collocation:
+        r"""A term on the tensor grid ``axes[0] x ... x axes[d-1]`` (every combination of
+        the per-axis samples, as `GridData`'s points; first axis slowest).
+
+        When ``order`` is given and the residual is a linear differential operator with
+        constant coefficients, ``residual(u, x) = sum_k a_k D^k u(x) - h(x)`` (Poisson's
+        ``-Lap u - h``, the heat equation's ``u_t - Lap u - h``, a Dirichlet condition
+        ``u - g``), an `AION`'s solve keeps the grid's cheaper sums, as for `GridData`: the
+        factors of every rank and derivative order on the axes only, ``J^T J`` from per-axis
+        inner products (``O(sum_i n_i (4 r K P)^2)`` for ``K`` derivative terms, where the
+        points cost ``O(N M^2)``), ``Phi`` and ``J^T r`` in ``O(N r K)``. The operator is
+        recognised here, once, by evaluating the residual on Taylor polynomials at every grid
+        point (its coefficients must agree at every point, to rounding, and its value be
+        affine in them); ``uses_grid_sums`` says whether it was. Otherwise (a nonlinear or
+        variable-coefficient residual, no ``order``, a weight per point, or axes that are
+        traced values) the term is an ordinary one on the grid's points, the same fit at the
+        points' cost. A model other than an `AION` always uses the points.
+
+        **Arguments:** ``axes``: a sequence of ``dim`` one-dimensional arrays; ``residual``,
+        ``weight`` and ``order`` as for `Collocation` (``weight`` one number, or one per grid
+        point in the order of the points).
+
+        ```python
+        axis = jnp.linspace(0.0, 1.0, 64)
+        pde = idn.Collocation.on_grid(
+            (axis, axis), lambda u, x: -jnp.trace(jax.hessian(u)(x)) - h(x), order=2)
+        pde.uses_grid_sums                                  # True
+        ```
+        """
+        if isinstance(axes, (jax.Array, np.ndarray)) and axes.ndim != 1:
+            axes = list(axes) if axes.ndim == 2 else axes
+        if not isinstance(axes, (list, tuple)) or not axes:
+            raise TypeError("Collocation.on_grid: `axes` must be a sequence of one-dimensional "
+                            f"arrays, got {type(axes).__name__}.")
+        arrays = []
+        for i, axis in enumerate(axes):
+            a = axis if isinstance(axis, (jax.Array, np.ndarray)) else np.asarray(axis)
+            if a.ndim != 1 or a.shape[0] == 0:
+                raise ValueError(f"Collocation.on_grid: axis {i} must be a non-empty "
+                                 f"one-dimensional array, got shape {tuple(a.shape)}.")
+            if not (jnp.issubdtype(a.dtype, jnp.floating) or jnp.issubdtype(a.dtype,
+                                                                            jnp.integer)):
+                raise TypeError(f"Collocation.on_grid: axis {i} must be real numbers, got "
+                                f"dtype {a.dtype}.")
+            if not jnp.issubdtype(a.dtype, jnp.floating):
+                a = a.astype(jax.dtypes.canonicalize_dtype(jnp.float64))
+            arrays.append(jnp.asarray(a))
+        dtype = jnp.result_type(*arrays)
+        arrays = [a.astype(dtype) for a in arrays]
+        mesh = jnp.meshgrid(*arrays, indexing="ij")
+        points = jnp.stack([m.reshape(-1) for m in mesh], axis=1)
+        return cls(points, residual, weight, order, _axes=arrays)
 
     @property
     def num_points(self) -> int:
         return self.points.shape[0]
+
+    @property
+    def uses_grid_sums(self) -> bool:
+        """Whether an `AION`'s solve forms this term's sums from its grid's axes (a term made
+        by `on_grid` whose residual was recognised as a linear operator with constant
+        coefficients)."""
+        return self.operator is not None
+
+
+def linear_operator(residual: Callable, points: Array, order: int):
+    """``(operator, h)`` when ``residual(u, x) = sum_k a_k D^k u(x) - h(x)`` at every point,
+    with the same ``a_k`` everywhere: ``operator = ((k, a_k), ...)`` over the multi-indices
+    ``k`` with ``|k| <= order`` and ``a_k != 0``, ``h`` of shape ``(n,)``. ``None`` when it is
+    not (a coefficient that differs between points, a value that is not affine in the Taylor
+    coefficients ``c_k = D^k u(x)``, a residual that does not depend on ``u``), or when the
+    values are not concrete (traced points, or a residual that closes over traced values).
+
+    Evaluated on Taylor polynomials (`taylor_polynomial`), at ``c = 0`` (``-h``), its
+    gradient in ``c`` there (the ``a_k``), and at one random ``c`` per point (affinity), to
+    ``1000 eps`` of the values' scale: a nonlinearity of the size of the residual shows at a
+    random ``c`` of order one; one that is not would be within rounding of it anyway."""
+    indices = multi_indices(points.shape[1], order)
+    if not _is_concrete(points):
+        return None
+
+    def value(c, x):
+        return residual(taylor_polynomial(indices, c, x), x)
+
+    @jax.jit  # compiled: evaluated op by op, the Hessians of a residual took seconds
+    def evaluate(points):
+        zero = jnp.zeros((points.shape[0], len(indices)), points.dtype)
+        c = jax.random.normal(jax.random.key(0), zero.shape, points.dtype)
+        return (jax.vmap(value)(zero, points), jax.vmap(jax.grad(value))(zero, points),
+                jax.vmap(value)(c, points), c)
+
+    with jax.ensure_compile_time_eval():  # run now, also when called under a trace
+        at_zero, slopes, at_c, c = evaluate(points)
+    if not all(_is_concrete(a) for a in (at_zero, slopes, at_c)):
+        return None
+    at_zero, slopes, at_c, c = (np.asarray(a) for a in (at_zero, slopes, at_c, c))
+    if not (np.all(np.isfinite(at_zero)) and np.all(np.isfinite(slopes))
+            and np.all(np.isfinite(at_c))):
+        return None
+    a = slopes[0]
+    tol = 1000 * float(jnp.finfo(points.dtype).eps)
+    scale = np.max(np.abs(a))
+    if scale == 0 or np.max(np.abs(slopes - a)) > tol * scale:
+        return None
+    affine = c @ a + at_zero
+    if np.max(np.abs(at_c - affine)) > tol * max(np.max(np.abs(affine)),
+                                                 np.max(np.abs(at_c))):
+        return None
+    operator = tuple((k, float(a[n])) for n, k in enumerate(indices)
+                     if abs(a[n]) > tol * scale)
+    return operator, jnp.asarray(-at_zero, points.dtype)
 
 
 def collocation_terms(x) -> tuple[Collocation, ...] | None:
@@ -251,7 +375,7 @@ def real_exponentials(params: tuple, points: Array) -> tuple[Array, Array]:
     return materialized(lambda m, t: (m * jnp.cos(t), m * jnp.sin(t)), magnitude, angle)
 
 
-def _atom_powers(params: tuple, points: Array, highest: int, exponentials=None):
+def atom_powers(params: tuple, points: Array, highest: int, exponentials=None):
     """``(a, b)``: the real and imaginary parts of ``z^m e^{z x + i phi}`` (no amplitude) for
     ``m = 0..highest``, each ``(highest + 1, n, r, d, P)``, in real arithmetic; from
     ``exponentials`` (`real_exponentials` at the same parameters and points) when given."""
@@ -269,7 +393,7 @@ def taylor_coefficients(indices, params: tuple, points: Array, powers=None) -> A
     and in real arithmetic."""
     A = params[0]
     highest = max(max(k) for k in indices)
-    a, _ = _atom_powers(params, points, highest) if powers is None else powers
+    a, _ = atom_powers(params, points, highest) if powers is None else powers
     psi = jnp.sum(A[None, None] * a, axis=-1)  # (m, n, r, d)
     dim = points.shape[1]
     return jnp.stack([jnp.sum(functools.reduce(operator.mul, [psi[k[i], :, :, i]
@@ -300,7 +424,7 @@ def taylor_jacobian(indices, params: tuple, points: Array, cotangent: Array,
     products: no per-point reverse pass."""
     A = params[0][None]  # (1, r, d', P)
     highest = max(max(k) for k in indices)
-    a, b = _atom_powers(params, points, highest) if powers is None else powers
+    a, b = atom_powers(params, points, highest) if powers is None else powers
     xs = points[:, None, :, None]
     psi = jnp.sum(A[None] * a, axis=-1)  # (m, n, r, d)
     dim = points.shape[1]
@@ -341,7 +465,7 @@ def taylor_series(indices, params: tuple, direction: tuple, points: Array,
     A = params[0][None]
     dA, dalpha, domega, dphi = (p[None] for p in direction)
     highest = max(max(k) for k in indices)
-    a, b = _atom_powers(params, points, highest, exponentials)
+    a, b = atom_powers(params, points, highest, exponentials)
     xs = points[:, None, :, None]
     dz = (dalpha, domega)
     s = (dalpha * xs, domega * xs + dphi)
@@ -466,13 +590,15 @@ class CollocationProblem(AbstractResidualProblem):
     # The loop keeps J from its pass for the geodesic term (`geodesic_rhs`'s ``jac``).
     keeps_jacobian: ClassVar[bool] = True
 
-    def __init__(self, model: AbstractSumOfTerms, terms: tuple):
+    def __init__(self, model: AbstractSumOfTerms, terms: tuple, check: bool = True):
+        """``check``: run `check_local` on an AION's local terms (off for a caller that has
+        run it on them)."""
         self.model = model
         self.terms = tuple(terms)
         params = eqx.filter(model, eqx.is_inexact_array)
         theta = stack_layout(params, model)
         self.num_data = sum(t.points.shape[0] for t in self.terms)
-        if isinstance(model, AION):
+        if check and isinstance(model, AION):
             theta = check_local(model, self.terms, theta)
         self.theta = theta
 
@@ -496,7 +622,7 @@ class CollocationProblem(AbstractResidualProblem):
         params = self._params(flat)
         points = jnp.asarray(term.points, self.model.dtype)
         exponentials = real_exponentials(params, points)
-        powers = _atom_powers(params, points, max(max(k) for k in indices), exponentials)
+        powers = atom_powers(params, points, max(max(k) for k in indices), exponentials)
         c = taylor_coefficients(indices, params, points, powers)
         root = jnp.sqrt(term.weight)
         if not jacobian:

@@ -102,7 +102,7 @@ def _axis_terms(theta, delta, basis, axis, column):
     return psi, derivatives
 
 
-def _outer_sum(psis: list[Array]) -> Array:
+def outer_sum(psis: list[Array]) -> Array:
     """``sum_j psi_1j (x) ... (x) psi_dj``, the grid tensor of ``f``."""
     letters = string.ascii_lowercase[: len(psis)]
     spec = ",".join(f"{a}z" for a in letters) + "->" + letters
@@ -120,6 +120,43 @@ def _contract_all_but(tensor: Array, psis: list[Array], keep: int) -> Array:
             operands.append(psi)
             specs.append(f"{letters[s]}z")
     return jnp.einsum(",".join(specs) + f"->{letters[keep]}z", *operands)
+
+
+def kronecker_sums(psis: list[Array], derivs: list[Array], residual: Array):
+    """``(Phi, J^T r, J^T J)`` of ``f = sum_j psi_1j (x) ... (x) psi_dj`` on a tensor grid,
+    from per-axis inner products (see the module).
+
+    ``psis[s]``: the factors on axis ``s``, ``(n_s, R)``; ``derivs[s]``: their derivatives in
+    that factor's own parameters, ``(n_s, R, 4, P)``; ``residual``: the grid tensor ``r``.
+    ``J^T r`` comes back as ``(R, 4, d, P)`` and ``J^T J`` as ``(R, 4, d, P, R, 4, d, P)``,
+    one parameter column per axis (a caller whose axes share parameters sums them).
+    """
+    dims = len(psis)
+    loss = jnp.sum(residual * residual)
+    # J^T r: contract r with every other axis's factors, then with this axis's derivatives.
+    g = jnp.stack(
+        [jnp.einsum("nj,njkp->jkp", _contract_all_but(residual, psis, i), derivs[i])
+         for i in range(dims)],
+        axis=2,
+    )
+    # J^T J from per-axis inner products.
+    g_pp = jnp.stack([p.T @ p for p in psis])  # (d, R, R)
+    g_dp = jnp.stack([jnp.einsum("njkp,nl->jkpl", d, p) for d, p in zip(derivs, psis)])
+    g_dd = jnp.stack([jnp.einsum("njkp,nlqt->jkplqt", d, d) for d in derivs])
+    ones = jnp.ones_like(g_pp[0])
+    leave_one = jnp.stack(
+        [_product([g_pp[s] for s in range(dims) if s != i], ones) for i in range(dims)]
+    )  # (d, R, R)
+    leave_two = jnp.stack([
+        jnp.stack([_product([g_pp[s] for s in range(dims) if s not in (i, m)], ones)
+                   for m in range(dims)])
+        for i in range(dims)
+    ])  # (d, d, R, R)
+    eye = jnp.eye(dims, dtype=loss.dtype)
+    same = jnp.einsum("ijkplqt,ijl,im->jkiplqmt", g_dd, leave_one, eye)
+    cross = jnp.einsum("ijkpl,mlqtj,imjl->jkiplqmt", g_dp, g_dp, leave_two)
+    cross = cross * (1 - eye)[None, None, :, None, None, None, :, None]
+    return loss, g, same + cross
 
 
 class GridResummation(AbstractProblem):
@@ -176,33 +213,8 @@ class GridResummation(AbstractProblem):
         """``Phi``, ``J^T r`` and ``J^T J`` from the Kronecker structure (see the module)."""
         del gram  # the Gram matrix is cheap here: always formed (diag and blocks come from it)
         psis, derivs = self._terms(delta)
-        dims = len(psis)
-        residual = _outer_sum(psis) - self.y
-        loss = jnp.sum(residual * residual)
-        # J^T r: contract R with every other axis's atoms, then with this axis's derivatives.
-        g = jnp.stack(
-            [jnp.einsum("nj,njkp->jkp", _contract_all_but(residual, psis, i), derivs[i])
-             for i in range(dims)],
-            axis=2,
-        )  # (r, 4, d, P)
-        # J^T J from per-axis inner products.
-        g_pp = jnp.stack([p.T @ p for p in psis])  # (d, r, r)
-        g_dp = jnp.stack([jnp.einsum("njkp,nl->jkpl", d, p) for d, p in zip(derivs, psis)])
-        g_dd = jnp.stack([jnp.einsum("njkp,nlqt->jkplqt", d, d) for d in derivs])
-        ones = jnp.ones_like(g_pp[0])
-        leave_one = jnp.stack(
-            [_product([g_pp[s] for s in range(dims) if s != i], ones) for i in range(dims)]
-        )  # (d, r, r)
-        leave_two = jnp.stack([
-            jnp.stack([_product([g_pp[s] for s in range(dims) if s not in (i, m)], ones)
-                       for m in range(dims)])
-            for i in range(dims)
-        ])  # (d, d, r, r)
-        eye = jnp.eye(dims, dtype=loss.dtype)
-        same = jnp.einsum("ijkplqt,ijl,im->jkiplqmt", g_dd, leave_one, eye)
-        cross = jnp.einsum("ijkpl,mlqtj,imjl->jkiplqmt", g_dp, g_dp, leave_two)
-        cross = cross * (1 - eye)[None, None, :, None, None, None, :, None]
-        full = same + cross  # (r, 4, d, P, r, 4, d, P)
+        residual = outer_sum(psis) - self.y
+        loss, g, full = kronecker_sums(psis, derivs, residual)
         if self.shared:
             g = jnp.sum(g, axis=2, keepdims=True)
             full = jnp.sum(full, axis=(2, 6), keepdims=True)
@@ -237,7 +249,7 @@ class GridResummation(AbstractProblem):
 
     def residuals(self, delta):
         psis, _ = self._terms(delta)
-        return (_outer_sum(psis) - self.y).reshape(-1)
+        return (outer_sum(psis) - self.y).reshape(-1)
 
     def residual_and_jacobian(self, delta):
         return self._expanded().residual_and_jacobian(delta)
@@ -263,7 +275,7 @@ class GridResummation(AbstractProblem):
 
     def output_moments(self, delta, unit):
         psis, _ = self._terms(delta)
-        f = _outer_sum(psis)
+        f = outer_sum(psis)
         r = f - unit * self.y
         return jnp.sum(f * f), jnp.sum(f * self.y), jnp.sum(self.y * self.y), jnp.sum(r * r)
 

@@ -11,6 +11,7 @@ from ._aion import AIONResummation
 from ._autodiff import AutodiffProblem
 from ._base import AbstractProblem
 from ._collocation import Collocation, CollocationProblem
+from ._collocation_grid import GridCollocationProblem
 from ._gaussian import GaussianResummation
 from ._grid import GridData, GridResummation
 from ._projection import ProjectedAION
@@ -24,8 +25,11 @@ def make_problem(model: AbstractSumOfTerms, x, y, chunk_size: int | None = None,
     Kronecker structure, unweighted); a sum of models part by part; autodiff otherwise.
     ``weights`` (per point, ``w_n >= 0``) make ``Phi = sum_n w_n (f(x_n) - y_n)^2``; grid data
     with weights are used as points. ``x`` a tuple of `Collocation` terms (and no ``y``):
-    their physics-informed residuals."""
+    their physics-informed residuals (linear operators on tensor grids through the grids' sums,
+    `GridCollocationProblem`)."""
     if isinstance(x, tuple) and x and isinstance(x[0], Collocation):
+        if isinstance(model, AION) and any(t.uses_grid_sums for t in x):
+            return GridCollocationProblem(model, x)
         return CollocationProblem(model, x)
     if projection:
         return ProjectedAION(model, x, y)
