@@ -820,12 +820,14 @@ def main() -> None:
             for s in systems(quick) if "cost" in parts
             and s["name"] in ("2-D Poisson", "4-D Poisson-Boltzmann")]
     payload["iteration_cost"] = cost
-    print_table(cost, [("system", "system"), ("N", "N"), ("M", "M"),
-                       ("closed_form_ms_per_iteration", "ms / iteration, closed form"),
-                       ("plain_autodiff_ms_per_iteration", "autodiff"), ("speedup", "speedup"),
-                       ("closed_form_passes", "passes"), ("plain_autodiff_passes", "passes"),
-                       ("closed_form_call_ms", "ms per call (fixed)"),
-                       ("plain_autodiff_call_ms", "autodiff")])
+    if cost:
+        print_table(cost, [("system", "system"), ("N", "N"), ("M", "M"),
+                           ("closed_form_ms_per_iteration", "ms / iteration, closed form"),
+                           ("plain_autodiff_ms_per_iteration", "autodiff"),
+                           ("speedup", "speedup"), ("closed_form_passes", "passes"),
+                           ("plain_autodiff_passes", "passes"),
+                           ("closed_form_call_ms", "ms per call (fixed)"),
+                           ("plain_autodiff_call_ms", "autodiff")])
     assert all(math.isfinite(c["speedup"]) for c in cost)
     save()
 
