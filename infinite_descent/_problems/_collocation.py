@@ -72,8 +72,9 @@ class Collocation(eqx.Module):
 
     **Arguments:**
 
-    - ``points``: the collocation points, shape ``(n, dim)``, real and finite. They are taken
-      as a list of points (a tensor grid is given as its points).
+    - ``points``: the collocation points, shape ``(n, dim)``, real and finite. For a tensor
+      grid, `on_grid` takes its axes instead, and keeps the grid's cheaper sums where the
+      residual is a linear operator.
     - ``residual``: a function ``residual(u, x) -> scalar``.
     - ``weight``: ``w >= 0``, one number or one per point (shape ``(n,)``); default 1.
     - ``order``: optional, a promise that the residual is local: it uses ``u`` only through
