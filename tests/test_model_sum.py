@@ -89,18 +89,20 @@ def test_sum_problem_matches_autodiff_of_the_summed_model(chunk_size):
         shifted = problem.to_model(problem.theta + flat.reshape(problem.theta.shape), model)
         return jnp.sqrt(w) * (jax.vmap(shifted)(x) - y)
 
+    # The references (plain autodiff) are compiled, each one program: run op by op they were
+    # most of this test's time. The problem's own methods below run as they are (eagerly).
     flat = delta.reshape(-1)
-    r = residuals(flat)
-    J = jax.jacfwd(residuals)(flat)
+    r = jax.jit(residuals)(flat)
+    J = jax.jit(jax.jacfwd(residuals))(flat)
     eq = problem.normal_equations(delta)
     np.testing.assert_allclose(eq.loss, r @ r, rtol=1e-12)
     np.testing.assert_allclose(eq.g, J.T @ r, rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(eq.gram, J.T @ J, rtol=1e-10, atol=1e-12)
-    r_vv = jax.jvp(lambda t: jax.jvp(residuals, (flat + t * v,), (v,))[1],
-                   (0.0,), (1.0,))[1]
+    r_vv = jax.jit(lambda v: jax.jvp(lambda t: jax.jvp(residuals, (flat + t * v,), (v,))[1],
+                                     (0.0,), (1.0,))[1])(v)
     np.testing.assert_allclose(problem.geodesic_rhs(delta, v), J.T @ r_vv, rtol=1e-9,
                                atol=1e-10)
-    hessian = jax.hessian(lambda d: residuals(d) @ residuals(d))(flat)
+    hessian = jax.jit(jax.hessian(lambda d: residuals(d) @ residuals(d)))(flat)
     np.testing.assert_allclose(problem.rank_blocks(delta)[0], hessian, rtol=1e-9, atol=1e-10)
 
 
