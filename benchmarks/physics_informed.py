@@ -50,9 +50,11 @@ after a warm-up, and apart from it the fixed cost of a call, ``t(max_steps=1)``.
 
 Tensor grids (``--parts grid``): 2-D Poisson on ``n x n`` grids (n = 64, 128, 256) and the
 heat system on ``n^3`` (n = 24, 48), the interior and every face a `Collocation.on_grid` term
-(linear operators, so an AION's sums come from the grids' axes), against the same terms and
+(linear operators, so an AION's sums come from the grids' axes, except on the square's edges,
+which are lines), against the same terms and
 start (seed 0, rank 2) on their points: error, iterations, passes, the solve's wall time and
-the cost of an inner iteration measured as above.
+the cost of an inner iteration measured as above (with 61 steps, medians of 7), and the
+solve's time over its iterations.
 
 The whole run took 23 minutes on a 2-core CPU shared with other jobs (the Gauss-Newton MLP,
 300 iterations of a 1185-parameter system, about 100 s per system; `idn.expand` on the
@@ -613,7 +615,8 @@ def iteration_cost(system, repeats: int, steps: int = 21) -> dict:
 def grid_systems(quick: bool) -> list[dict]:
     """2-D Poisson on an ``n x n`` grid and 2-D + time heat on an ``n x n x n`` grid, every
     term on a tensor grid (`Collocation.on_grid`): the interior (second order) and each face
-    (Dirichlet, order 0) a grid of its own, the faces' shared edges once."""
+    (Dirichlet, order 0) a grid of its own, the faces' shared edges once. The square's edges
+    are lines of points (no grid sums); the heat box's faces are 2-D grids."""
     import jax
     import jax.numpy as jnp
 
@@ -652,18 +655,20 @@ def grid_systems(quick: bool) -> list[dict]:
     return out
 
 
-def grid_against_points(system, max_steps: int, repeats: int, steps: int = 21) -> list[dict]:
+def grid_against_points(system, max_steps: int, repeats: int, steps: int | None = 21
+                        ) -> list[dict]:
     """The same terms solved through their grids' sums and as lists of points (the same
     residuals and start, seed 0): the solve (error, iterations, passes, wall time after
     compilation) and the cost of an inner iteration, ``(t(max_steps=steps) -
-    t(max_steps=1)) / (steps - 1)``, medians of ``repeats``."""
+    t(max_steps=1)) / (steps - 1)``, medians of ``repeats`` (not with ``steps=None``: each
+    ``max_steps`` compiles anew)."""
     import jax
 
     import infinite_descent as idn
 
     start = idn.AION(system["rank"], system["dim"], system["num_terms"], key=jax.random.key(0))
     grid_terms = system["terms"]
-    assert all(t.uses_grid_sums for t in grid_terms)
+    assert grid_terms[0].uses_grid_sums  # the interior; a face is a grid when it is 2-D
     point_terms = [idn.Collocation(t.points, t.residual, t.weight, order=t.order)
                    for t in grid_terms]
     rows = []
@@ -671,7 +676,8 @@ def grid_against_points(system, max_steps: int, repeats: int, steps: int = 21) -
         seconds, (model, info) = timed(lambda terms=terms: idn.solve(
             start, terms, max_steps=max_steps, throw=False))
         times = {k: timed(lambda terms=terms, k=k: idn.solve(
-            start, terms, max_steps=k, throw=False), repeats)[0] for k in (1, steps)}
+            start, terms, max_steps=k, throw=False), repeats)[0]
+            for k in ((1, steps) if steps else ())}
         rows.append({
             "system": system["name"], "grid": "x".join([str(system["n"])] * system["dim"]),
             "N": sum(t.num_points for t in terms), "M": start.num_params, "way": way,
@@ -679,10 +685,15 @@ def grid_against_points(system, max_steps: int, repeats: int, steps: int = 21) -
             "loss": float(info.loss), "inner_steps": int(info.inner_steps),
             "data_passes": int(info.data_passes), "wall_s": seconds,
             "result": idn.RESULTS[info.result] or "successful",
-            "ms_per_iteration": 1e3 * (times[steps] - times[1]) / (steps - 1),
-            "call_ms": 1e3 * times[1],
+            "ms_per_iteration": 1e3 * (times[steps] - times[1]) / (steps - 1) if steps
+            else None,
+            "call_ms": 1e3 * times[1] if steps else None,
+            # the solve's time over its iterations: an upper bound, the call's fixed cost in it
+            "ms_per_iteration_in_solve": 1e3 * seconds / max(1, int(info.inner_steps)),
         })
-    rows[0]["speedup_per_iteration"] = rows[1]["ms_per_iteration"] / rows[0]["ms_per_iteration"]
+    if steps:
+        rows[0]["speedup_per_iteration"] = (rows[1]["ms_per_iteration"]
+                                            / rows[0]["ms_per_iteration"])
     rows[0]["speedup_solve"] = rows[1]["wall_s"] / rows[0]["wall_s"]
     return rows
 
@@ -841,8 +852,7 @@ def main() -> None:
     grid_rows = []
     for system in grid_systems(quick) if "grid" in parts else ():
         print(f"{system['name']} on a {system['n']}-point grid per axis ...", flush=True)
-        grid_rows.extend(grid_against_points(system, max_steps, 3 if quick else 5,
-                                             3 if quick else 21))
+        grid_rows.extend(grid_against_points(system, max_steps, 7, None if quick else 61))
         payload["grid"] = grid_rows
         save()
     if grid_rows:
@@ -851,6 +861,7 @@ def main() -> None:
                                 ("relative_error", "rel. L2 error"),
                                 ("inner_steps", "iterations"), ("data_passes", "passes"),
                                 ("wall_s", "wall s"), ("ms_per_iteration", "ms / iteration"),
+                                ("ms_per_iteration_in_solve", "ms / it. in solve"),
                                 ("speedup_per_iteration", "speedup / it."),
                                 ("speedup_solve", "speedup, solve")])
     path = save()

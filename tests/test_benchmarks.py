@@ -241,7 +241,6 @@ def test_physics_informed_script(tmp_path):
     assert (grid["way"], points["way"]) == ("grid sums", "points")
     assert grid["N"] == points["N"] == 12 * 12 and grid["M"] == points["M"] == 16
     for row in (grid, points):
-        assert math.isfinite(row["relative_error"]) and row["ms_per_iteration"] == row[
-            "ms_per_iteration"]
+        assert math.isfinite(row["relative_error"]) and row["wall_s"] > 0
         assert 0 < row["inner_steps"] <= row["data_passes"]
-    assert math.isfinite(grid["speedup_per_iteration"])
+    assert math.isfinite(grid["speedup_solve"])

@@ -73,8 +73,14 @@ def test_linear_operators_are_recognised_with_their_coefficients():
     term3 = idn.Collocation.on_grid(axes3, operator_3d, order=2)
     assert dict(term3.operator) == {(0, 0, 0): 2.0, (0, 0, 1): 1.0, (0, 2, 0): -0.5,
                                     (1, 0, 0): 0.3, (2, 0, 0): -1.0}
-    boundary = idn.Collocation.on_grid((jnp.zeros(1), axes[1]), dirichlet, order=0)
-    assert boundary.operator == (((0, 0), 1.0),)
+    # a face of a 3-D box is a 2-D grid: Dirichlet data there, the operator u
+    face = idn.Collocation.on_grid((jnp.zeros(1),) + axes3[1:], lambda u, p: u(p) - p[1],
+                                   order=0)
+    assert face.operator == (((0, 0, 0), 1.0),)
+    np.testing.assert_allclose(face.source.reshape(-1), face.points[:, 1])
+    # an edge of a square is a line of points: no axes to sum over
+    edge = idn.Collocation.on_grid((jnp.zeros(1), axes[1]), dirichlet, order=0)
+    assert not edge.uses_grid_sums and edge.points.shape == (7, 2)
 
 
 @pytest.mark.parametrize("residual, order, weight", [
@@ -156,7 +162,7 @@ def test_poisson_on_grids_is_solved_to_rounding():
         idn.Collocation.on_grid(face, dirichlet, order=0)
         for face in [(jnp.zeros(1), axis), (jnp.ones(1), axis), (inner, jnp.zeros(1)),
                      (inner, jnp.ones(1))]]
-    assert all(t.uses_grid_sums for t in terms)
+    assert [t.uses_grid_sums for t in terms] == [True, False, False, False, False]
     test = jax.random.uniform(jax.random.key(9), (500, 2))
     truth = jax.vmap(exact)(test)
     model = idn.AION(2, 2, 1, key=jax.random.key(0))

@@ -164,7 +164,10 @@ class Collocation(eqx.Module):
         self.axes = None if _axes is None else tuple(jnp.asarray(a, points.dtype)
                                                      for a in _axes)
         found = None
-        if self.axes is not None and self.order is not None and w.ndim == 0:
+        # A grid with one axis of more than one point is a line of points: nothing to gain
+        # from its axes, and its own Kronecker sums would compile for nothing.
+        if (self.axes is not None and self.order is not None and w.ndim == 0
+                and sum(a.shape[0] > 1 for a in self.axes) >= 2):
             found = linear_operator(residual, points, self.order)
         self.operator = None if found is None else found[0]
         self.source = None if found is None else found[1].reshape(
@@ -185,9 +188,10 @@ class Collocation(eqx.Module):
         recognised here, once, by evaluating the residual on Taylor polynomials at every grid
         point (its coefficients must agree at every point, to rounding, and its value be
         affine in them); ``uses_grid_sums`` says whether it was. Otherwise (a nonlinear or
-        variable-coefficient residual, no ``order``, a weight per point, or axes that are
-        traced values) the term is an ordinary one on the grid's points, the same fit at the
-        points' cost. A model other than an `AION` always uses the points.
+        variable-coefficient residual, no ``order``, a weight per point, fewer than two axes
+        with more than one point, or axes that are traced values) the term is an ordinary
+        one on the grid's points, the same fit at the points' cost. A model other than an
+        `AION` always uses the points.
 
         **Arguments:** ``axes``: a sequence of ``dim`` one-dimensional arrays; ``residual``,
         ``weight`` and ``order`` as for `Collocation` (``weight`` one number, or one per grid
