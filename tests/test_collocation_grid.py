@@ -11,12 +11,9 @@ import infinite_descent as idn
 from infinite_descent._problems._collocation import CollocationProblem
 from infinite_descent._problems._collocation_grid import GridCollocationProblem
 from infinite_descent._problems._select import make_problem
+from test_collocation import relative, shifted_aion
 
 PI = jnp.pi
-
-
-def relative(a, b):
-    return float(jnp.max(jnp.abs(a - b)) / jnp.max(jnp.abs(b)))
 
 
 def laplacian(u, p):
@@ -46,16 +43,6 @@ def operator_3d(u, p):
 def as_points(term):
     """The same term on the grid's points."""
     return idn.Collocation(term.points, term.residual, term.weight, order=term.order)
-
-
-def shifted_aion(key, rank, dim, terms, shared_dims=False):
-    model = idn.AION(rank, dim, terms, key=key, shared_dims=shared_dims)
-    params, static = eqx.partition(model, eqx.is_inexact_array)
-    leaves, treedef = jax.tree.flatten(params)
-    keys = jax.random.split(jax.random.fold_in(key, 1), len(leaves))
-    moved = [a + jax.random.uniform(k, a.shape, a.dtype, -0.5, 0.5)
-             for a, k in zip(leaves, keys)]
-    return eqx.combine(jax.tree.unflatten(treedef, moved), static)
 
 
 def test_linear_operators_are_recognised_with_their_coefficients():

@@ -419,6 +419,19 @@ def _dims_product(factors: list) -> Array:
     return functools.reduce(operator.mul, factors)
 
 
+def power_derivatives(A: Array, a: Array, b: Array, xs: Array) -> list[Array]:
+    """``d psi_m / d(A, alpha, omega, phi)`` for every ``m``, stacked on axis 2 of each, from
+    the real and imaginary parts ``a, b`` of ``Q_m`` (`atom_powers`, ``m`` leading), the
+    amplitudes ``A`` and the points ``xs``, shaped to broadcast against ``a[m]`` (see
+    `taylor_jacobian` for the formulas)."""
+    rows = []
+    for m in range(a.shape[0]):
+        shift_a = m * a[m - 1] + xs * a[m] if m else xs * a[m]
+        shift_b = m * b[m - 1] + xs * b[m] if m else xs * b[m]
+        rows.append(jnp.stack([a[m], A * shift_a, -A * shift_b, -A * b[m]], axis=2))
+    return rows
+
+
 def taylor_jacobian(indices, params: tuple, points: Array, cotangent: Array,
                     powers=None) -> Array:
     """``sum_k cotangent[n, k] dc_k(x_n)/dtheta``, shape ``(n, M)`` in the layout of
@@ -436,11 +449,7 @@ def taylor_jacobian(indices, params: tuple, points: Array, cotangent: Array,
     xs = points[:, None, :, None]
     psi = jnp.sum(A[None] * a, axis=-1)  # (m, n, r, d)
     dim = points.shape[1]
-    rows = []
-    for m in range(highest + 1):  # d psi_m / d(A, alpha, omega, phi): (n, r, 4, d, P)
-        shift_a = m * a[m - 1] + xs * a[m] if m else xs * a[m]
-        shift_b = m * b[m - 1] + xs * b[m] if m else xs * b[m]
-        rows.append(jnp.stack([a[m], A * shift_a, -A * shift_b, -A * b[m]], axis=2))
+    rows = power_derivatives(A, a, b, xs)  # d psi_m / d(A, alpha, omega, phi): (n, r, 4, d, P)
     factors = [[psi[k[i], :, :, i] for i in range(dim)] for k in indices]  # (n, r) each
     blocks = []
     for i in range(dim):

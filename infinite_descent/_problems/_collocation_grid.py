@@ -37,7 +37,8 @@ from jaxtyping import Array, Bool
 from .._models._aion import AION
 from ._aion import stack_params, unstack_params
 from ._base import AbstractProblem, NormalEquations
-from ._collocation import Collocation, CollocationProblem, atom_powers, check_local
+from ._collocation import (Collocation, CollocationProblem, atom_powers, check_local,
+                           power_derivatives)
 from ._grid import kronecker_sums, outer_sum
 
 
@@ -52,12 +53,7 @@ def axis_factors(params: tuple, axis: Array, column: int, highest: int):
     A = sub[0][None, :, 0]  # (1, r, P)
     xs = axis[:, None, None]
     values = jnp.sum(A[None] * a, axis=-1)
-    rows = []
-    for m in range(highest + 1):
-        shift_a = m * a[m - 1] + xs * a[m] if m else xs * a[m]
-        shift_b = m * b[m - 1] + xs * b[m] if m else xs * b[m]
-        rows.append(jnp.stack([a[m], A * shift_a, -A * shift_b, -A * b[m]], axis=2))
-    return values, jnp.stack(rows)
+    return values, jnp.stack(power_derivatives(A, a, b, xs))
 
 
 def _extended(factors: list, term: Collocation, dtype) -> tuple[list, list]:
@@ -144,19 +140,21 @@ class GridCollocationProblem(AbstractProblem):
         return [axis_factors(params, axis.astype(dtype), 0 if self.shared else s, highest)
                 for s, axis in enumerate(term.axes)]
 
-    def _grid_residual(self, delta: Array, term: Collocation) -> Array:
-        """``sqrt(w) (L u - h)`` on ``term``'s grid, a tensor of the grid's shape."""
-        factors = self._factors(self._params(delta), term)
-        psis, _ = _extended(factors, term, self.theta.dtype)
-        root = jnp.sqrt(term.weight).astype(self.theta.dtype)
-        return outer_sum(psis) - root * term.source.astype(self.theta.dtype)
-
-    def _grid_sums(self, delta: Array, term: Collocation):
-        """``(Phi, J^T r, J^T J)`` of one grid term, ``(M,)`` and ``(M, M)``."""
+    def _grid_parts(self, delta: Array, term: Collocation):
+        """``(psis, derivs, R)``: the extended factors of ``term`` (`_extended`) and its
+        residual tensor ``sqrt(w) (L u - h)`` on its grid."""
         factors = self._factors(self._params(delta), term)
         psis, derivs = _extended(factors, term, self.theta.dtype)
         root = jnp.sqrt(term.weight).astype(self.theta.dtype)
-        residual = outer_sum(psis) - root * term.source.astype(self.theta.dtype)
+        return psis, derivs, outer_sum(psis) - root * term.source.astype(self.theta.dtype)
+
+    def _grid_residual(self, delta: Array, term: Collocation) -> Array:
+        """``sqrt(w) (L u - h)`` on ``term``'s grid, a tensor of the grid's shape."""
+        return self._grid_parts(delta, term)[2]
+
+    def _grid_sums(self, delta: Array, term: Collocation):
+        """``(Phi, J^T r, J^T J)`` of one grid term, ``(M,)`` and ``(M, M)``."""
+        psis, derivs, residual = self._grid_parts(delta, term)
         loss, g, full = kronecker_sums(psis, derivs, residual)
         r, k = self.theta.shape[0], len(term.operator)
         g = jnp.sum(g.reshape(r, k, *g.shape[1:]), axis=1)  # (r, 4, d, P)
